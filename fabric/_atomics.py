@@ -47,6 +47,7 @@ __all__ = [
     "copy_bytes",
     "i64_array_at",
     "u8_array_at",
+    "data_address",
 ]
 
 _I64 = ir.IntType(64)
@@ -269,6 +270,19 @@ def copy_bytes(typingctx, dst_addr, src_addr, nbytes):
         return context.get_dummy_value()
 
     return types.void(dst_addr, src_addr, nbytes), codegen
+
+
+@intrinsic
+def data_address(typingctx, buf):
+    """The address of a numba buffer's first byte (array, ``bytes``, ``bytearray``, memoryview)."""
+    if not isinstance(buf, types.Buffer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        return builder.ptrtoint(ary.data, _I64)
+
+    return types.int64(buf), codegen
 
 
 @intrinsic

@@ -1,0 +1,498 @@
+"""Numba kernels of the ring protocol: claim, commit, offer, batch offer, poll, park.
+
+Every kernel takes the segment's base address as a plain ``int`` (cheap to pass:
+see ``fabric._atomics``) and reads the ring's geometry from its CONFIG line.
+The Python API in ``fabric.ring`` validates every argument before calling here:
+these kernels trust their inputs, but never trust lengths read from shared memory.
+
+Protocol (layouts in ``shm_layouts.ring`` and ``shm_layouts.record``)::
+
+    producer                                   subscriber
+    --------                                   ----------
+    t = tail; room = min(sub positions)+cap    c = acquire(commit @ p)
+    claim_len, claim_pos = need, t             if c != p: nothing yet (stale or in progress)
+    CAS tail t -> t+need   (store if single)   meta = length, type
+    [padding record at t if wrapping]          deliver payload view, p += align8(length)
+    meta @ rec; release(commit @ rec = ~rec)   ... after the handler: release(position = p)
+    copy payload
+    SYNC POINT: seq_cst store commit @ rec = rec
+    if waiters > 0: doorbell += 1, wake
+
+Kernels return codes, never raise (Aeron ``Publication.offer``). Positive results
+of producer kernels may carry ``WAKE_FLAG``: the caller must then wake parked
+subscribers with a futex wake (one syscall, only when someone sleeps).
+
+Numba's on-disk cache keys on this file: a change to ``shm_layouts`` must also
+touch this file (and bump ``LAYOUT_VERSION``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fabric._atomics import (
+    compare_exchange_at,
+    copy_bytes,
+    data_address,
+    fence,
+    fetch_add_at,
+    i64_array_at,
+    load_acquire_at,
+    store_release_at,
+)
+from fabric._jit import jit
+from shm_layouts.record import PADDING_TYPE, RECORD_HEADER_BYTES
+from shm_layouts.ring import (
+    CFG_CAPACITY,
+    CFG_DATA_OFFSET,
+    CFG_MAX_RECORD,
+    CFG_MAX_SUBSCRIBERS,
+    CFG_MULTI_PRODUCER,
+    CFG_SLOW_POLICY,
+    CFG_SUBSCRIBERS_OFFSET,
+    CONFIG_OFFSET,
+    P_BACK_PRESSURED,
+    P_BYTES,
+    P_CLAIM_LEN,
+    P_CLAIM_POS,
+    P_MIN_CACHE,
+    P_NOT_CONNECTED,
+    P_RECORDS,
+    PRODUCER_ENTRY_BYTES,
+    PRODUCERS_OFFSET,
+    S_BYTES,
+    S_DROPPED,
+    S_POSITION,
+    S_RECORDS,
+    S_STATE,
+    STAT_DROPPED_SUBSCRIBERS,
+    STATE_ACTIVE,
+    STATE_DROPPED,
+    STATE_JOINING,
+    STATS_OFFSET,
+    SUBSCRIBER_ENTRY_BYTES,
+    SlowSubscriberPolicy,
+    TAIL_OFFSET,
+    WAKE_DOORBELL,
+    WAKE_OFFSET,
+    WAKE_WAITERS,
+)
+
+__all__ = [
+    "WAKE_FLAG",
+    "BACK_PRESSURED",
+    "NOT_CONNECTED",
+    "SUBSCRIBER_DROPPED",
+    "RING_CORRUPT",
+    "TOO_LARGE",
+    "WAKE_SUBSCRIBERS",
+    "ring_claim",
+    "ring_commit",
+    "ring_abort",
+    "ring_offer",
+    "ring_offer_batch",
+    "ring_offer_buf",
+    "buffer_entry_points",
+    "ring_poll",
+    "ring_park_begin",
+    "ring_park_end",
+    "ring_stalled_at",
+    "read_word",
+    "publish_word",
+    "cas_word",
+    "add_word",
+    "warm_up",
+]
+
+HDR = RECORD_HEADER_BYTES
+WAKE_FLAG = 1 << 62
+BACK_PRESSURED = -2
+NOT_CONNECTED = -3
+SUBSCRIBER_DROPPED = -4
+RING_CORRUPT = -5
+TOO_LARGE = -6  # payload longer than the ring's max_record_bytes, or a type id out of 0..2**31-1
+
+# WAKE line word 2: how many subscribers are joined (ACTIVE or JOINING).
+WAKE_SUBSCRIBERS = 2
+
+_CFG = CONFIG_OFFSET
+_POLICY_DROP = SlowSubscriberPolicy.DROP
+_SUB_LINE_B = 16  # first word of a subscriber entry's cold line
+
+
+# --- small cross-process primitives (cold paths call these from Python) ---------------------
+
+
+@jit("int64(int64)")
+def read_word(addr):
+    """Acquire-load the int64 at ``addr``."""
+    return load_acquire_at(addr)
+
+
+@jit("void(int64, int64)")
+def publish_word(addr, value):
+    """Release-store ``value`` at ``addr``."""
+    store_release_at(addr, value)
+
+
+@jit("int64(int64, int64, int64)")
+def cas_word(addr, expected, desired):
+    """Compare-and-swap at ``addr``; returns the value seen."""
+    return compare_exchange_at(addr, expected, desired)
+
+
+@jit("int64(int64, int64)")
+def add_word(addr, delta):
+    """Fetch-add at ``addr``; returns the old value."""
+    return fetch_add_at(addr, delta)
+
+
+# --- producer side --------------------------------------------------------------------------
+
+
+@jit(inline="always")
+def _min_subscriber_position(base, max_subs, subs_off):
+    lowest = -1
+    for s in range(max_subs):
+        entry = base + subs_off + s * SUBSCRIBER_ENTRY_BYTES
+        state = load_acquire_at(entry + S_STATE * 8)
+        if state == STATE_ACTIVE or state == STATE_JOINING:
+            pos = load_acquire_at(entry + S_POSITION * 8)
+            if lowest < 0 or pos < lowest:
+                lowest = pos
+    return lowest
+
+
+@jit(inline="always")
+def _drop_laggards(base, max_subs, subs_off, below):
+    """Drop every subscriber whose position is below ``below``; returns how many."""
+    dropped = 0
+    for s in range(max_subs):
+        entry = base + subs_off + s * SUBSCRIBER_ENTRY_BYTES
+        state = load_acquire_at(entry + S_STATE * 8)
+        if state == STATE_ACTIVE or state == STATE_JOINING:
+            pos = load_acquire_at(entry + S_POSITION * 8)
+            if pos < below:
+                if compare_exchange_at(entry + S_STATE * 8, state, STATE_DROPPED) == state:
+                    store_release_at(entry + S_DROPPED * 8, pos)
+                    fetch_add_at(base + WAKE_OFFSET + WAKE_SUBSCRIBERS * 8, -1)
+                    fetch_add_at(base + STATS_OFFSET + STAT_DROPPED_SUBSCRIBERS * 8, 1)
+                    dropped += 1
+    return dropped
+
+
+@jit(inline="always")
+def _claim(base, producer, payload_len, type_id):
+    """Claim room for one record; returns its position, or a negative code."""
+    cfg = i64_array_at(base + _CFG, 16)
+    cap = cfg[CFG_CAPACITY]
+    mask = cap - 1
+    multi = cfg[CFG_MULTI_PRODUCER]
+    data = base + cfg[CFG_DATA_OFFSET]
+    max_subs = cfg[CFG_MAX_SUBSCRIBERS]
+    subs_off = cfg[CFG_SUBSCRIBERS_OFFSET]
+    prod = base + PRODUCERS_OFFSET + producer * PRODUCER_ENTRY_BYTES
+    pw = i64_array_at(prod, 16)
+    if payload_len < 0 or payload_len > cfg[CFG_MAX_RECORD] or type_id < 0 or type_id > 0x7FFFFFFF:
+        return TOO_LARGE
+    length = payload_len + HDR
+    aligned = (length + 7) & ~7
+    while True:
+        if load_acquire_at(base + WAKE_OFFSET + WAKE_SUBSCRIBERS * 8) <= 0:
+            pw[P_NOT_CONNECTED] += 1
+            return NOT_CONNECTED
+        t = load_acquire_at(base + TAIL_OFFSET)
+        rem = cap - (t & mask)
+        pad = 0 if aligned <= rem else rem
+        total = pad + aligned
+        if t + total > pw[P_MIN_CACHE] + cap:
+            lowest = _min_subscriber_position(base, max_subs, subs_off)
+            if lowest < 0:
+                pw[P_NOT_CONNECTED] += 1
+                return NOT_CONNECTED
+            pw[P_MIN_CACHE] = lowest
+            if t + total > lowest + cap:
+                if cfg[CFG_SLOW_POLICY] == _POLICY_DROP:
+                    _drop_laggards(base, max_subs, subs_off, t + total - cap)
+                    pw[P_MIN_CACHE] = 0
+                    continue
+                pw[P_BACK_PRESSURED] += 1
+                return BACK_PRESSURED
+        # Recovery needs to know whose claim a stuck position belongs to: say so before claiming.
+        pw[P_CLAIM_LEN] = total
+        store_release_at(prod + P_CLAIM_POS * 8, t)
+        if multi != 0:
+            if compare_exchange_at(base + TAIL_OFFSET, t, t + total) != t:
+                continue
+        else:
+            store_release_at(base + TAIL_OFFSET, t + total)
+        if pad >= HDR:
+            slot = data + (t & mask)
+            store_release_at(slot + 8, (pad & 0xFFFFFFFF) | (PADDING_TYPE << 32))
+            store_release_at(slot, t)  # SYNC POINT: the padding is complete
+        rec = t + pad
+        slot = data + (rec & mask)
+        store_release_at(slot + 8, (length & 0xFFFFFFFF) | (type_id << 32))
+        store_release_at(slot, ~rec)  # in progress
+        return rec
+
+
+@jit(inline="always")
+def _commit_and_check_waiters(base, rec):
+    cfg = i64_array_at(base + _CFG, 16)
+    slot = base + cfg[CFG_DATA_OFFSET] + (rec & (cfg[CFG_CAPACITY] - 1))
+    # SYNC POINT: the reader's acquire-load of the commit word; the fence then orders this
+    # store before the load of `waiters` (pairs with the parker's fetch-add on `waiters`).
+    store_release_at(slot, rec)
+    fence()
+    if load_acquire_at(base + WAKE_OFFSET + WAKE_WAITERS * 8) > 0:
+        fetch_add_at(base + WAKE_OFFSET + WAKE_DOORBELL * 8, 1)
+        return WAKE_FLAG
+    return 0
+
+
+@jit("int64(int64, int64, int64, int64)")
+def ring_claim(base, producer, payload_len, type_id):
+    """Claim room for a record the caller will fill in place; returns its position or a code."""
+    return _claim(base, producer, payload_len, type_id)
+
+
+@jit("int64(int64, int64, int64, int64)")
+def ring_commit(base, producer, rec, payload_len):
+    """Commit a claimed record; returns ``WAKE_FLAG`` when parked subscribers need a wake."""
+    pw = i64_array_at(base + PRODUCERS_OFFSET + producer * PRODUCER_ENTRY_BYTES, 16)
+    pw[P_RECORDS] += 1
+    pw[P_BYTES] += payload_len
+    return _commit_and_check_waiters(base, rec)
+
+
+@jit("int64(int64, int64)")
+def ring_abort(base, rec):
+    """Turn a claimed record into padding (nothing delivered); returns ``WAKE_FLAG`` or 0."""
+    cfg = i64_array_at(base + _CFG, 16)
+    slot = base + cfg[CFG_DATA_OFFSET] + (rec & (cfg[CFG_CAPACITY] - 1))
+    meta = load_acquire_at(slot + 8)
+    length = meta & 0xFFFFFFFF
+    store_release_at(slot + 8, (((length + 7) & ~7) & 0xFFFFFFFF) | (PADDING_TYPE << 32))
+    return _commit_and_check_waiters(base, rec)
+
+
+@jit("int64(int64, int64, int64, int64, int64)")
+def ring_offer(base, producer, src_addr, payload_len, type_id):
+    """Claim, copy ``payload_len`` bytes from ``src_addr``, commit: one record.
+
+    Returns the record's position (``| WAKE_FLAG`` when a wake is due) or a negative code.
+    """
+    rec = _claim(base, producer, payload_len, type_id)
+    if rec < 0:
+        return rec
+    cfg = i64_array_at(base + _CFG, 16)
+    slot = base + cfg[CFG_DATA_OFFSET] + (rec & (cfg[CFG_CAPACITY] - 1))
+    copy_bytes(slot + HDR, src_addr, payload_len)
+    pw = i64_array_at(base + PRODUCERS_OFFSET + producer * PRODUCER_ENTRY_BYTES, 16)
+    pw[P_RECORDS] += 1
+    pw[P_BYTES] += payload_len
+    return rec | _commit_and_check_waiters(base, rec)
+
+
+_BUFFER_SIGNATURES = [
+    "int64(int64, int64, Bytes(uint8, 1, 'C', readonly=True), int64)",
+    "int64(int64, int64, ByteArray(uint8, 1, 'C'), int64)",
+    "int64(int64, int64, Array(uint8, 1, 'C'), int64)",
+    "int64(int64, int64, Array(uint8, 1, 'C', readonly=True), int64)",
+]
+
+
+@jit(_BUFFER_SIGNATURES)
+def ring_offer_buf(base, producer, buf, type_id):
+    """``ring_offer`` taking the payload as a buffer object (``bytes``, ``bytearray``, uint8 array)."""
+    n = len(buf)
+    rec = _claim(base, producer, n, type_id)
+    if rec < 0:
+        return rec
+    cfg = i64_array_at(base + _CFG, 16)
+    slot = base + cfg[CFG_DATA_OFFSET] + (rec & (cfg[CFG_CAPACITY] - 1))
+    copy_bytes(slot + HDR, data_address(buf), n)
+    pw = i64_array_at(base + PRODUCERS_OFFSET + producer * PRODUCER_ENTRY_BYTES, 16)
+    pw[P_RECORDS] += 1
+    pw[P_BYTES] += n
+    return rec | _commit_and_check_waiters(base, rec)
+
+
+def buffer_entry_points() -> dict:
+    """``{python type: compiled entry point}`` for ``ring_offer_buf``, skipping numba's dispatch.
+
+    Safety: an entry point does no type checks; callers must pick it by the exact type
+    of the buffer (``type(buf) is bytes`` ...), never by isinstance.
+    """
+    import numba
+
+    table = {}
+    for sig, ovl in ring_offer_buf.overloads.items():
+        t = sig[2]
+        if isinstance(t, numba.types.Bytes):
+            table[bytes] = ovl.entry_point
+        elif isinstance(t, numba.types.ByteArray):
+            table[bytearray] = ovl.entry_point
+    return table
+
+
+@jit("int64(int64, int64, int64, int64, int64, int64, int64)")
+def ring_offer_batch(base, producer, src_addr, offsets_addr, lengths_addr, count, type_id):
+    """Offer ``count`` records ``src[offsets[i] : offsets[i] + lengths[i]]`` in order.
+
+    Stops at the first refusal. Returns how many were committed (``| WAKE_FLAG`` when a
+    wake is due), or the refusal code when none was.
+    """
+    cfg = i64_array_at(base + _CFG, 16)
+    data = base + cfg[CFG_DATA_OFFSET]
+    mask = cfg[CFG_CAPACITY] - 1
+    offsets = i64_array_at(offsets_addr, count)
+    lengths = i64_array_at(lengths_addr, count)
+    pw = i64_array_at(base + PRODUCERS_OFFSET + producer * PRODUCER_ENTRY_BYTES, 16)
+    done = 0
+    code = 0
+    nbytes = 0
+    for i in range(count):
+        n = lengths[i]
+        rec = _claim(base, producer, n, type_id)
+        if rec < 0:
+            code = rec
+            break
+        slot = data + (rec & mask)
+        copy_bytes(slot + HDR, src_addr + offsets[i], n)
+        store_release_at(slot, rec)  # SYNC POINT: reader's acquire of the commit word
+        nbytes += n
+        done += 1
+    if done == 0:
+        return code
+    pw[P_RECORDS] += done
+    pw[P_BYTES] += nbytes
+    fence()
+    if load_acquire_at(base + WAKE_OFFSET + WAKE_WAITERS * 8) > 0:
+        fetch_add_at(base + WAKE_OFFSET + WAKE_DOORBELL * 8, 1)
+        return done | WAKE_FLAG
+    return done
+
+
+# --- subscriber side ------------------------------------------------------------------------
+
+
+@jit("int64(int64, int64, int64, int64, int64, int64)")
+def ring_poll(base, subscriber, start_pos, release_pos, desc_addr, max_records):
+    """Release everything before ``release_pos`` (if >= 0), then find up to ``max_records``.
+
+    Descriptors go to the int64 array at ``desc_addr``: ``desc[0]`` = the position after
+    the last record found; for record i, ``desc[2+2i]`` = the payload's byte offset in the
+    segment and ``desc[3+2i]`` = ``(type << 32) | payload_length``. Padding is skipped.
+    Returns the count, or ``SUBSCRIBER_DROPPED`` / ``RING_CORRUPT``.
+    """
+    cfg = i64_array_at(base + _CFG, 16)
+    cap = cfg[CFG_CAPACITY]
+    mask = cap - 1
+    data_off = cfg[CFG_DATA_OFFSET]
+    data = base + data_off
+    entry = base + cfg[CFG_SUBSCRIBERS_OFFSET] + subscriber * SUBSCRIBER_ENTRY_BYTES
+    sw = i64_array_at(entry, 32)
+    if release_pos >= 0:
+        # SYNC POINT: pairs with producers' acquire-load of positions (they may reuse the space).
+        store_release_at(entry + S_POSITION * 8, release_pos)
+    if load_acquire_at(entry + S_STATE * 8) == STATE_DROPPED:
+        return SUBSCRIBER_DROPPED
+    desc = i64_array_at(desc_addr, 2 + 2 * max_records)
+    p = start_pos
+    n = 0
+    nbytes = 0
+    while n < max_records:
+        off = p & mask
+        rem = cap - off
+        if rem < HDR:
+            p += rem
+            continue
+        slot = data + off
+        if load_acquire_at(slot) != p:  # SYNC POINT: pairs with the producer's commit store
+            break
+        meta = load_acquire_at(slot + 8)
+        length = meta & 0xFFFFFFFF
+        aligned = (length + 7) & ~7
+        if length < HDR or aligned > rem:
+            desc[0] = p
+            return RING_CORRUPT
+        type_id = meta >> 32
+        if type_id != PADDING_TYPE:
+            desc[2 + 2 * n] = data_off + off + HDR
+            desc[3 + 2 * n] = (type_id << 32) | (length - HDR)
+            nbytes += length - HDR
+            n += 1
+        p += aligned
+    desc[0] = p
+    if n > 0:
+        sw[S_RECORDS] += n
+        sw[S_BYTES] += nbytes
+    return n
+
+
+@jit(inline="always")
+def _has_record(base, pos):
+    cfg = i64_array_at(base + _CFG, 16)
+    cap = cfg[CFG_CAPACITY]
+    off = pos & (cap - 1)
+    if cap - off < HDR:
+        return True
+    return load_acquire_at(base + cfg[CFG_DATA_OFFSET] + off) == pos
+
+
+@jit("int64(int64, int64, int64)")
+def ring_park_begin(base, subscriber, pos):
+    """Announce that this subscriber is about to sleep; returns the doorbell value to wait on.
+
+    Returns -1 (do not sleep) when a record is already there or the subscriber was dropped.
+    The caller must call ``ring_park_end`` after its futex wait (or after -1: not needed).
+    """
+    cfg = i64_array_at(base + _CFG, 16)
+    entry = base + cfg[CFG_SUBSCRIBERS_OFFSET] + subscriber * SUBSCRIBER_ENTRY_BYTES
+    bell = load_acquire_at(base + WAKE_OFFSET + WAKE_DOORBELL * 8)
+    # SYNC POINT: seq_cst fetch-add, pairs with the producer's fence before it reads `waiters`.
+    fetch_add_at(base + WAKE_OFFSET + WAKE_WAITERS * 8, 1)
+    if _has_record(base, pos) or load_acquire_at(entry + S_STATE * 8) == STATE_DROPPED:
+        fetch_add_at(base + WAKE_OFFSET + WAKE_WAITERS * 8, -1)
+        return -1
+    return bell & 0xFFFFFFFF
+
+
+@jit("void(int64)")
+def ring_park_end(base):
+    """Leave the sleeping state entered by ``ring_park_begin``."""
+    fetch_add_at(base + WAKE_OFFSET + WAKE_WAITERS * 8, -1)
+
+
+@jit("int64(int64, int64)")
+def ring_stalled_at(base, pos):
+    """1 when a record at ``pos`` is claimed (tail beyond it) but not committed, else 0."""
+    if _has_record(base, pos):
+        return 0
+    return 1 if load_acquire_at(base + TAIL_OFFSET) > pos else 0
+
+
+def warm_up() -> None:
+    """Compile (or load from cache) every kernel by signature, touching no real ring."""
+    for fn in (
+        read_word,
+        publish_word,
+        cas_word,
+        add_word,
+        ring_claim,
+        ring_commit,
+        ring_abort,
+        ring_offer,
+        ring_offer_batch,
+        ring_offer_buf,
+        ring_poll,
+        ring_park_begin,
+        ring_park_end,
+        ring_stalled_at,
+    ):
+        assert fn.signatures, fn  # eager: compiled at import by explicit signature
+
+
+_ = np  # numpy is imported for numba's typing of carray results

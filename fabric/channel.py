@@ -1,0 +1,246 @@
+"""PhasePacket endpoints over a ring: ``PacketWriter`` and ``PacketReader``.
+
+A ``PacketWriter`` encodes a packet's body with msgspec (reused encoder) and
+hands it to one compiled call that parses the routing fields, claims, writes
+``[header][deps][body]`` and commits (``fabric._packet_kernels``). A
+``PacketReader`` polls descriptors in batches and decodes each body straight
+from the ring's memory.
+
+Malformed records never kill a reader: ``poll`` and ``receive`` hand them to the
+reader's ``on_malformed`` callback (the fabric wires it to a dead-letter ring)
+and count them in ``malformed``; everything after them is still delivered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import msgspec
+
+from fabric import _packet_kernels as _pk
+from fabric import _ring_kernels as K
+from fabric.errors import ClosedResourceError, CodecError, RecordTooLargeError
+from fabric.packet import PacketCodec, PhasePacket, _parse_error
+from fabric.ring import BACK_PRESSURED, RingReader, RingWriter, _entry_point
+from fabric.timesource import get_time_source
+from shm_layouts.packet import PACKET_HEADER_BYTES
+
+__all__ = ["PacketWriter", "PacketReader", "MalformedRecord"]
+
+_WAKE = K.WAKE_FLAG
+_POS = _WAKE - 1
+
+
+class MalformedRecord(Exception):
+    """Carried to ``on_malformed``: the record's bytes (a copy), its type id and the codec error."""
+
+    def __init__(self, data: bytes, type_id: int, error: CodecError) -> None:
+        super().__init__(str(error))
+        self.data = data
+        self.type_id = type_id
+        self.error = error
+
+
+class PacketWriter:
+    """Publishes PhasePackets into a ring through a ``RingWriter`` (takes ownership of it)."""
+
+    def __init__(self, writer: RingWriter, codec: PacketCodec | None = None) -> None:
+        self.writer = writer
+        self.codec = codec or PacketCodec()
+        self._entry = _pk.packet_entry_points()[bytearray]
+        self._encode_into = self.codec._enc.encode_into
+        self._scratch = self.codec.scratch
+        self._base = writer._base
+        self._slot = writer.slot
+        self._wake = writer._ring._wake_doorbell
+
+    def offer(self, packet: PhasePacket) -> int:
+        """Publish at once; returns the position, ``BACK_PRESSURED`` or ``NOT_CONNECTED``.
+
+        Raises
+        ------
+        CodecError
+            The packet cannot be encoded or a field is out of range (nothing is written).
+        RecordTooLargeError
+            The encoded packet exceeds the ring's record limit.
+        """
+        if self.writer._closed:
+            raise ClosedResourceError("writer is closed")
+        buf = self._scratch
+        try:
+            self._encode_into(packet, buf)
+        except (TypeError, OverflowError) as exc:
+            raise CodecError(f"cannot encode packet on topic {packet.topic!r}: {exc}") from exc
+        r = self._entry(self._base, self._slot, buf)
+        if r >= 0:
+            if r >= _WAKE:
+                self._wake()
+                return r & _POS
+            return r
+        if r <= _pk.PARSE_MALFORMED:
+            raise CodecError(_parse_error(r, packet.topic))
+        if r == K.TOO_LARGE:
+            raise RecordTooLargeError(
+                f"packet of {len(buf) + PACKET_HEADER_BYTES + 8 * len(packet.deps)} bytes exceeds the ring's "
+                f"record limit ({self.writer._max}); send large arrays through the blob arena"
+            )
+        return r
+
+    def send(self, packet: PhasePacket, *, timeout_ns: int = 5_000_000_000) -> int:
+        """Publish, waiting up to ``timeout_ns`` for room; raises ``TimeoutError`` after."""
+        r = self.offer(packet)
+        if r >= 0:
+            return r
+        clock = get_time_source()
+        start = clock.monotonic_ns()
+        deadline = start + timeout_ns
+        next_reclaim = start + 100_000_000
+        wait = self.writer.wait
+        wait.reset()
+        while True:
+            now = clock.monotonic_ns()
+            if now >= deadline:
+                why = "no room (back-pressured)" if r == BACK_PRESSURED else "no subscriber"
+                raise TimeoutError(f"ring {self.writer._ring.name!r}: {why} for {timeout_ns / 1e9:.3f} s")
+            if now >= next_reclaim:
+                self.writer._ring.reclaim_dead()
+                next_reclaim = now + 100_000_000
+            wait.idle(None)
+            r = self.offer(packet)
+            if r >= 0:
+                return r
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def __enter__(self) -> "PacketWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PacketReader:
+    """Receives PhasePackets from a ring through a ``RingReader`` (takes ownership of it)."""
+
+    def __init__(
+        self,
+        reader: RingReader,
+        codec: PacketCodec | None = None,
+        *,
+        on_malformed: Callable[[MalformedRecord], None] | None = None,
+    ) -> None:
+        self.reader = reader
+        self.codec = codec or PacketCodec()
+        self.on_malformed = on_malformed
+        self.malformed = 0
+        self._decode = self.codec._dec.decode
+        self._kernel = _entry_point(_pk.ring_poll_packets)
+        self._pending: list[PhasePacket] = []
+        self._pending_at = 0
+
+    def _decode_batch(self, limit: int) -> list[PhasePacket]:
+        r = self.reader
+        n = r._poll_descs(limit, self._kernel)
+        if n == 0:
+            return []
+        d = r._desc[: 2 + 2 * n].tolist()
+        r.position = d[0]
+        mv = r._mv
+        dec = self._decode
+        try:
+            starts = d[2::2]
+            ends = d[3::2]
+            try:
+                out = [dec(mv[a:b]) for a, b in zip(starts, ends)]
+            except (msgspec.DecodeError, ValueError, TypeError, IndexError):
+                out = self._decode_each(mv, starts, ends)  # something in the batch is bad: sort it out
+        finally:
+            r._pending_release = d[0]
+        return out
+
+    def _decode_each(self, mv: memoryview, starts: list, ends: list) -> list[PhasePacket]:
+        out = []
+        dec = self._decode
+        for a, b in zip(starts, ends):
+            if a < 0:
+                off = -a - 1
+                self._malformed(bytes(mv[off : off + (b & 0xFFFFFFFF)]), b >> 32, CodecError("not a valid packet record"))
+                continue
+            try:
+                out.append(dec(mv[a:b]))
+            except (msgspec.DecodeError, ValueError, TypeError) as exc:
+                self._malformed(bytes(mv[a:b]), 0, exc)
+        return out
+
+    def _malformed(self, data: bytes, type_id: int, exc: Exception) -> None:
+        self.malformed += 1
+        err = exc if isinstance(exc, CodecError) else CodecError(f"malformed packet body: {exc}")
+        if self.on_malformed is not None:
+            self.on_malformed(MalformedRecord(data, type_id, err))
+
+    def poll(self, handler: Callable[[PhasePacket], None], limit: int = 256) -> int:
+        """Decode and hand up to ``limit`` packets to ``handler``; returns how many."""
+        n = 0
+        while self._pending_at < len(self._pending) and n < limit:
+            pkt = self._pending[self._pending_at]
+            self._pending_at += 1
+            handler(pkt)
+            n += 1
+        if n < limit:
+            for pkt in self._decode_batch(limit - n):
+                handler(pkt)
+                n += 1
+        return n
+
+    def receive_batch(self, limit: int = 256) -> list[PhasePacket]:
+        """Up to ``limit`` decoded packets (possibly none), without waiting."""
+        if self._pending_at < len(self._pending):
+            out = self._pending[self._pending_at : self._pending_at + limit]
+            self._pending_at += len(out)
+            return out
+        return self._decode_batch(limit)
+
+    def receive_nowait(self) -> PhasePacket | None:
+        """One packet if one is there, else None."""
+        if self._pending_at >= len(self._pending):
+            self._pending = self._decode_batch(self.reader._batch)
+            self._pending_at = 0
+            if not self._pending:
+                return None
+        pkt = self._pending[self._pending_at]
+        self._pending_at += 1
+        return pkt
+
+    def receive(self, *, timeout_ns: int = 5_000_000_000) -> PhasePacket:
+        """Wait up to ``timeout_ns`` for one packet; raises ``TimeoutError`` after."""
+        pkt = self.receive_nowait()
+        if pkt is not None:
+            return pkt
+        clock = get_time_source()
+        deadline = clock.monotonic_ns() + timeout_ns
+        while True:
+            remaining = deadline - clock.monotonic_ns()
+            if remaining <= 0 or not self.reader.wait_readable(timeout_ns=remaining):
+                raise TimeoutError(f"ring {self.reader._ring.name!r}: no packet within {timeout_ns / 1e9:.3f} s")
+            pkt = self.receive_nowait()
+            if pkt is not None:
+                return pkt
+
+    def __iter__(self) -> Iterator[PhasePacket]:
+        """Packets as they come, blocking (with the wait strategy) between them; ends when closed."""
+        while not self.reader._closed:
+            pkt = self.receive_nowait()
+            if pkt is None:
+                self.reader.wait_readable(timeout_ns=100_000_000)
+                continue
+            yield pkt
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self) -> "PacketReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
