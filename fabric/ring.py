@@ -77,6 +77,7 @@ from shm_layouts.ring import (
     PRODUCERS_OFFSET,
     S_BYTES,
     S_DROPPED,
+    S_DURABLE,
     S_PID,
     S_POSITION,
     S_RECORDS,
@@ -276,9 +277,28 @@ class Ring:
         self._handles.add(h)
         return h
 
-    def reader(self, *, wait: WaitStrategy | None = None, batch_records: int = 256) -> "RingReader":
-        """Take a subscriber slot, starting at the current tail (it sees records offered from now on)."""
-        h = RingReader(self, self._take_subscriber_slot(), wait or default_wait_strategy(), batch_records)
+    def reader(
+        self,
+        *,
+        wait: WaitStrategy | None = None,
+        batch_records: int = 256,
+        durable: bool = False,
+        adopt_slot: int | None = None,
+    ) -> "RingReader":
+        """Take a subscriber slot, starting at the current tail (it sees records offered from now on).
+
+        Parameters
+        ----------
+        durable:
+            The slot belongs to a supervised worker: ``reclaim_dead`` leaves it alone when the
+            worker dies, so its restarted process can adopt it and resume where it stopped.
+        adopt_slot:
+            Take over this durable slot of a dead process, keeping its position.
+        """
+        slot = self._adopt_subscriber_slot(adopt_slot) if adopt_slot is not None else self._take_subscriber_slot()
+        if durable:
+            K.publish_word(self._subscriber_addr(slot, S_DURABLE), 1)
+        h = RingReader(self, slot, wait or default_wait_strategy(), batch_records)
         self._handles.add(h)
         return h
 
@@ -339,6 +359,7 @@ class Ring:
                 K.publish_word(self._subscriber_addr(s, S_START_MS), start_ms)
                 K.publish_word(self._subscriber_addr(s, S_RECORDS), 0)
                 K.publish_word(self._subscriber_addr(s, S_BYTES), 0)
+                K.publish_word(self._subscriber_addr(s, S_DURABLE), 0)
                 # Join protocol: publish a position, count ourselves in (seq_cst), then start at
                 # the tail read *after* that — producers that never saw us cannot lap it.
                 K.publish_word(self._subscriber_addr(s, S_POSITION), K.read_word(self._word_addr(TAIL_OFFSET)))
@@ -353,6 +374,27 @@ class Ring:
             f"ring {self.name!r}: all {self.max_subscribers} subscriber slots are taken; "
             "close unused readers or create the ring with a larger max_subscribers"
         )
+
+    def _adopt_subscriber_slot(self, slot: int) -> int:
+        self._check_open()
+        if not 0 <= slot < self.max_subscribers:
+            raise ValueError(f"no subscriber slot {slot} on ring {self.name!r}")
+        state = K.read_word(self._subscriber_addr(slot, S_STATE))
+        pid = K.read_word(self._subscriber_addr(slot, S_PID))
+        me, start_ms = self_identity()
+        if state not in (STATE_ACTIVE, STATE_JOINING):
+            raise BrokenResourceError(f"ring {self.name!r}: subscriber slot {slot} is not held (state {state})")
+        if pid != me and is_alive(pid, K.read_word(self._subscriber_addr(slot, S_START_MS))):
+            raise BrokenResourceError(f"ring {self.name!r}: subscriber slot {slot} is held by live pid {pid}")
+        K.publish_word(self._subscriber_addr(slot, S_PID), me)
+        K.publish_word(self._subscriber_addr(slot, S_START_MS), start_ms)
+        logger.info("ring {}: pid {} adopted subscriber slot {} of pid {}", self.name, me, slot, pid)
+        return slot
+
+    def release_durable_slot(self, slot: int) -> None:
+        """Give up a durable subscriber slot whose worker will not come back (supervisor)."""
+        K.publish_word(self._subscriber_addr(slot, S_DURABLE), 0)
+        self._release_subscriber_slot(slot)
 
     def _release_producer_slot(self, slot: int) -> None:
         K.publish_word(self._producer_addr(slot, P_STATE), STATE_FREE)
@@ -384,6 +426,8 @@ class Ring:
             state = K.read_word(self._subscriber_addr(s, S_STATE))
             if state == STATE_FREE:
                 continue
+            if K.read_word(self._subscriber_addr(s, S_DURABLE)):
+                continue  # its supervisor restarts the worker, which adopts the slot
             pid = K.read_word(self._subscriber_addr(s, S_PID))
             if pid and not is_alive(pid, K.read_word(self._subscriber_addr(s, S_START_MS))):
                 self._release_subscriber_slot(s)
@@ -955,6 +999,7 @@ class RingReader:
         self._closed = True
         self._mv.release()
         if not self._ring.closed:
+            K.publish_word(self._ring._subscriber_addr(self.slot, S_DURABLE), 0)
             self._ring._release_subscriber_slot(self.slot)
         self._ring._handles.discard(self)
 

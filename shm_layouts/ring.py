@@ -76,6 +76,7 @@ __all__ = [
     "S_PID",
     "S_START_MS",
     "S_DROPPED",
+    "S_DURABLE",
     "STATE_FREE",
     "STATE_ACTIVE",
     "STATE_JOINING",
@@ -143,6 +144,7 @@ S_STATE = 16
 S_PID = 17
 S_START_MS = 18
 S_DROPPED = 19  # position at which producers dropped this subscriber
+S_DURABLE = 20  # 1: a supervised worker's slot; reclaim_dead leaves it for the restarted worker
 
 STATE_FREE = 0
 STATE_ACTIVE = 1
