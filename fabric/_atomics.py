@@ -41,6 +41,8 @@ __all__ = [
     "load_acquire_at",
     "store_release_at",
     "fetch_add_at",
+    "fetch_or_at",
+    "fetch_and_at",
     "compare_exchange_at",
     "fence",
     "cpu_pause",
@@ -200,6 +202,32 @@ def fetch_add_at(typingctx, addr, delta):
         return builder.atomic_rmw("add", _addr_pointer(builder, args[0]), val, "seq_cst")
 
     return types.int64(addr, delta), codegen
+
+
+@intrinsic
+def fetch_or_at(typingctx, addr, bits):
+    """Atomically OR ``bits`` into the ``int64`` at ``addr``; returns the old value."""
+    if not (isinstance(addr, types.Integer) and isinstance(bits, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        val = context.cast(builder, args[1], sig.args[1], types.int64)
+        return builder.atomic_rmw("or", _addr_pointer(builder, args[0]), val, "seq_cst")
+
+    return types.int64(addr, bits), codegen
+
+
+@intrinsic
+def fetch_and_at(typingctx, addr, bits):
+    """Atomically AND ``bits`` into the ``int64`` at ``addr``; returns the old value."""
+    if not (isinstance(addr, types.Integer) and isinstance(bits, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        val = context.cast(builder, args[1], sig.args[1], types.int64)
+        return builder.atomic_rmw("and", _addr_pointer(builder, args[0]), val, "seq_cst")
+
+    return types.int64(addr, bits), codegen
 
 
 @intrinsic

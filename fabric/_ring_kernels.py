@@ -23,7 +23,7 @@ of producer kernels may carry ``WAKE_FLAG``: the caller must then wake parked
 subscribers with a futex wake (one syscall, only when someone sleeps).
 
 Numba's on-disk cache keys on this file: a change to ``shm_layouts`` must also
-touch this file (and bump ``LAYOUT_VERSION``). Layout touch: 2.
+touch this file (and bump ``LAYOUT_VERSION``). Layout touch: 3.
 """
 
 from __future__ import annotations

@@ -73,10 +73,14 @@ class FabricClient:
         self.component = client_component(self.row)
         self.epoch = int(self.control.clients[self.row]["epoch"]) & 0xFFFF
         self.hlc = HybridLogicalClock()
+        self._id_base = (self.component << 56) | (self.epoch << 40)
+        self._pending_counts = {"published": 0, "refused": 0, "received": 0, "malformed": 0}
+        self._unflushed = 0
         self._rings: dict[tuple[int, int], Ring] = {}
         self._writers: dict[int, PacketWriter] = {}
         self._seq = 0
         self._handles: list = []
+        self._arena = None
         self._closed = False
         self._has_scheduler = any(role == RingRole.SCHEDULER_IN for role, _, _ in self.control.ring_rows())
         logger.debug("attached to fabric {} as client row {}", name, self.row)
@@ -114,13 +118,26 @@ class FabricClient:
 
     def _next_id(self) -> int:
         self._seq += 1
-        return (self.component << 56) | (self.epoch << 40) | (self._seq & 0xFFFFFFFFFF)
+        return self._id_base | (self._seq & 0xFFFFFFFFFF)
 
     def _count(self, field: str, n: int = 1) -> None:
-        K.add_word(
-            self.control.segment.address + CLIENTS_OFFSET + self.row * CLIENT_DTYPE.itemsize + CLIENT_DTYPE.fields[field][1],
-            n,
-        )
+        # Counted locally and published every 256 events (and at close): a shared-memory add per
+        # packet would cost more than the publish itself. The client is its row's only writer.
+        self._pending_counts[field] += n
+        self._unflushed += 1
+        if self._unflushed >= 256:
+            self.flush_counters()
+
+    def flush_counters(self) -> None:
+        """Publish this client's counters to the control block (``stat`` reads them)."""
+        if self.control.segment.closed:
+            return
+        base = self.control.segment.address + CLIENTS_OFFSET + self.row * CLIENT_DTYPE.itemsize
+        for field, n in self._pending_counts.items():
+            if n:
+                K.add_word(base + CLIENT_DTYPE.fields[field][1], n)
+                self._pending_counts[field] = 0
+        self._unflushed = 0
 
     # --- API ------------------------------------------------------------------------------
 
@@ -161,6 +178,21 @@ class FabricClient:
         self._handles.append(sub)
         return sub
 
+    @property
+    def arena(self):
+        """The fabric's blob arena (``fabric.arena.BlobArena``), attached on first use."""
+        self._check_open()
+        if self._arena is None:
+            from fabric.arena import BlobArena
+            from fabric.errors import CapacityError
+
+            try:
+                name = self.control.ring_name(RingRole.ARENA)
+            except KeyError:
+                raise CapacityError(f"fabric {self.name!r} runs without a blob arena (fabric.arena_bytes = 0)") from None
+            self._arena = BlobArena.attach(name)
+        return self._arena
+
     def declare_topic(self, topic: str) -> None:
         """Add a topic to the running fabric (idempotent)."""
         from fabric.config import TOPIC_NAME_RE
@@ -193,11 +225,15 @@ class FabricClient:
         self._closed = True
         for h in list(self._handles):
             h.close()
+        self.flush_counters()
         for w in self._writers.values():
             w.close()
         for ring in self._rings.values():
             ring.close()
         self._rings.clear()
+        if self._arena is not None:
+            self._arena.close()
+            self._arena = None
         if not self.control.segment.closed:
             self.control.release_client(self.row)
             self.control.close()
@@ -219,7 +255,9 @@ class Publisher:
         self.targets = targets
         self._closed = False
 
-    def _packet(self, payload: Any, priority: int | None, deadline_ns: int, targets: int | None, deps: tuple) -> PhasePacket:
+    def _packet(
+        self, payload: Any, priority: int | None, deadline_ns: int, targets: int | None, deps: tuple, blob: int = 0
+    ) -> PhasePacket:
         c = self._client
         return PhasePacket(
             id=c._next_id(),
@@ -228,6 +266,7 @@ class Publisher:
             targets=self.targets if targets is None else targets,
             priority=self.priority if priority is None else priority,
             deadline_ns=deadline_ns,
+            blob=blob,
             topic=self.topic,
             deps=deps,
             payload=payload,
@@ -288,6 +327,41 @@ class Publisher:
             self._client.check()
             raise
         self._client._count("published")
+        return pkt.id
+
+    def publish_array(
+        self,
+        array: Any,
+        payload: Any = None,
+        *,
+        priority: int | None = None,
+        deadline_ns: int = 0,
+        targets: int | None = None,
+        timeout_ns: int = 5_000_000_000,
+    ) -> int:
+        """Publish a large array through the blob arena: written once, read in place by every subscriber.
+
+        ``payload`` travels in the packet as usual (e.g. metadata); subscribers get the
+        array with ``Subscriber.view(packet)``. Returns the packet id.
+
+        Raises
+        ------
+        CapacityError
+            The arena has no room now (subscribers have not released enough).
+        """
+        if self._closed:
+            raise ClosedResourceError(f"publisher on {self.topic!r} is closed")
+        c = self._client
+        arena = c.arena
+        ref = arena.put(array, owner=c.component)
+        pkt = self._packet(payload, priority, deadline_ns, targets, (), ref)
+        try:
+            self._writer_for(deadline_ns, ()).send(pkt, timeout_ns=timeout_ns)
+        except BaseException:
+            arena.release_in_flight(ref)  # nobody will route it: drop our hold
+            c._count("refused")
+            raise
+        c._count("published")
         return pkt.id
 
     def publish_batch(self, payloads: Iterable[Any], *, priority: int | None = None, timeout_ns: int = 5_000_000_000) -> int:
@@ -370,11 +444,14 @@ class Subscriber:
         """Wait up to ``timeout_ns`` for the next packet; raises ``TimeoutError`` after."""
         if self._closed:
             raise ClosedResourceError("subscriber is closed")
-        try:
-            pkt = self._reader.receive(timeout_ns=timeout_ns)
-        except TimeoutError:
-            self._client.check()
-            raise
+        pkt = self._reader.receive_nowait()
+        if pkt is None:
+            self._client.flush_counters()  # about to wait: let `stat` see what we did so far
+            try:
+                pkt = self._reader.receive(timeout_ns=timeout_ns)
+            except TimeoutError:
+                self._client.check()
+                raise
         self._received(pkt)
         return pkt
 
@@ -383,10 +460,13 @@ class Subscriber:
         if self._closed:
             raise ClosedResourceError("subscriber is closed")
         out = self._reader.receive_batch(limit)
-        for pkt in out:
-            self._client.hlc.update(pkt.hlc)
         if out:
+            update = self._client.hlc.try_update  # a stamp too far ahead is counted, not merged; the packet still arrives
+            for pkt in out:
+                update(pkt.hlc)
             self._client._count("received", len(out))
+        else:
+            self._client.flush_counters()
         return out
 
     def poll(self, handler: Callable[[PhasePacket], None], limit: int = 256) -> int:
@@ -396,8 +476,19 @@ class Subscriber:
             handler(pkt)
         return len(batch)
 
+    def view(self, packet: PhasePacket):
+        """The packet's blob as a read-only numpy array, without a copy; ``release`` it when done."""
+        if not packet.blob:
+            raise ValueError("this packet carries no blob")
+        return self._client.arena.view(packet.blob)
+
+    def release(self, packet: PhasePacket) -> None:
+        """Drop this subscriber's hold on the packet's blob (the last holder frees it)."""
+        if packet.blob:
+            self._client.arena.release(packet.blob, inbox=self.inbox)
+
     def _received(self, pkt: PhasePacket) -> None:
-        self._client.hlc.update(pkt.hlc)
+        self._client.hlc.try_update(pkt.hlc)
         self._client._count("received")
 
     def __iter__(self) -> Iterator[PhasePacket]:
@@ -417,6 +508,8 @@ class Subscriber:
             reader.close()
         row = control.clients[self._client.row]
         row["inboxes"] = int(row["inboxes"]) & ~(1 << self.inbox) & 0xFFFFFFFFFFFFFFFF
+        if any(role == RingRole.ARENA for role, _, _ in control.ring_rows()):
+            self._client.arena.release_inbox(self.inbox)  # blobs it never released must not outlive it
         control.release_inbox(self.inbox)
 
     def close(self) -> None:

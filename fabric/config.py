@@ -58,6 +58,8 @@ class FabricSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     inbox_capacity_bytes: int = 1 << 20
     inbox_pool: int = 16
     max_record_bytes: int = 1 << 16
+    arena_bytes: int = 1 << 26
+    arena_slots: int = 1024
     heartbeat_interval_ms: int = 50
     hung_timeout_ms: int = 5000
     restart_backoff_ms: tuple[int, int] = (100, 5000)
@@ -159,6 +161,8 @@ def validate_topology(cfg: TopologyConfig, *, source: str = "<config>") -> None:
         v = getattr(f, field)
         if v < 65536 or v & (v - 1):
             raise bad(f"fabric.{field}", f"must be a power of two >= 65536, got {v}")
+    if f.arena_bytes and (f.arena_bytes < 1 << 20 or not 1 <= f.arena_slots <= 65536):
+        raise bad("fabric.arena_bytes", "must be 0 (no arena) or >= 1 MiB, with arena_slots in 1..65536")
     if not 1 <= f.inbox_pool <= 48:
         raise bad("fabric.inbox_pool", f"must be in 1..48, got {f.inbox_pool}")
     if not 256 <= f.max_record_bytes <= min(f.ingress_capacity_bytes, f.inbox_capacity_bytes) // 4:

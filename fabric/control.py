@@ -244,6 +244,7 @@ class ControlBlock:
                 self.topics[row]["name"] = name.encode()
                 K.publish_word(addr, RowState.ACTIVE)
                 self.bump("topics_version")
+                self.bump("subscriptions_version")  # the router's routing version covers topics too
                 return row
         raise CapacityError(f"fabric {self.fabric!r}: all {MAX_TOPICS} topic rows are taken")
 
@@ -258,6 +259,20 @@ class ControlBlock:
             f"fabric {self.fabric!r} has no topic {name!r} (known: {', '.join(known) or 'none'}); declare it in the "
             "topology's [[topics]] or with FabricClient.declare_topic()"
         )
+
+    def set_topic_admission(self, topic: str, min_priority: int) -> None:
+        """Shed packets of ``topic`` below ``min_priority`` at the router (0 admits all); counted as filtered.
+
+        This is how governance decisions (EGC's ``shed``/``allow``) act on the fabric.
+        """
+        if not 0 <= min_priority <= 256:
+            raise ValueError(f"min_priority must be in 0..256, got {min_priority}")
+        row = self.topic_row(topic)
+        self.topics[row]["admit_min_priority"] = min_priority
+        self.bump("subscriptions_version")  # the router rebuilds its table and applies it
+
+    def topic_admission(self, topic: str) -> int:
+        return int(self.topics[self.topic_row(topic)]["admit_min_priority"])
 
     def topic_names(self) -> list[str]:
         return [t["name"].decode() for t in self.topics if int(t["state"]) == RowState.ACTIVE]
@@ -305,10 +320,18 @@ class ControlBlock:
 
     # --- clients --------------------------------------------------------------------------
 
-    def register_client(self) -> int:
-        """Claim a client row for this process; returns the row."""
+    def register_client(self, *, timeout_ns: int = 1_000_000_000) -> int:
+        """Claim a client row for this process; returns the row.
+
+        When every row is taken it waits up to ``timeout_ns`` for the supervisor to reclaim
+        the rows of dead clients (only the supervisor reclaims: it also releases their blobs).
+        """
+        from fabric.timesource import get_time_source
+
         pid, start_ms = self_identity()
-        for _ in range(2):
+        clock = get_time_source()
+        deadline = clock.monotonic_ns() + timeout_ns
+        while True:
             for row in range(MAX_CLIENTS):
                 addr = self._addr(CLIENTS_OFFSET, CLIENT_DTYPE.itemsize, row, CLIENT_DTYPE, "state")
                 if K.cas_word(addr, ClientState.FREE, ClientState.JOINING) == ClientState.FREE:
@@ -322,8 +345,11 @@ class ControlBlock:
                     K.publish_word(addr, ClientState.ATTACHED)
                     self.bump("clients_version")
                     return row
-            self.reclaim_dead_clients()
-        raise CapacityError(f"fabric {self.fabric!r}: all {MAX_CLIENTS} client rows are taken")
+            if clock.monotonic_ns() >= deadline:
+                raise CapacityError(f"fabric {self.fabric!r}: all {MAX_CLIENTS} client rows are taken")
+            import time
+
+            time.sleep(0.01)
 
     def release_client(self, row: int) -> None:
         addr = self._addr(CLIENTS_OFFSET, CLIENT_DTYPE.itemsize, row, CLIENT_DTYPE, "state")
@@ -339,17 +365,21 @@ class ControlBlock:
                 out.append(row)
         return out
 
-    def reclaim_dead_clients(self) -> list[int]:
-        """Free the rows, subscriptions and inboxes of dead clients (any process may; the supervisor does)."""
-        rows = self.dead_clients()
-        for row in rows:
+    def reclaim_dead_clients(self) -> list[tuple[int, int]]:
+        """Free the rows, subscriptions and inboxes of dead clients; returns ``(row, inbox mask)`` of each.
+
+        The supervisor calls it (and then releases the blobs those inboxes held).
+        """
+        out = []
+        for row in self.dead_clients():
             mask = int(self.clients[row]["inboxes"])
+            out.append((row, mask))
             for idx in range(64):
                 if mask >> idx & 1:
                     self.remove_subscriptions_of_inbox(idx)
                     self.release_inbox(idx)
             self.release_client(row)
-        return rows
+        return out
 
     # --- lifetime -------------------------------------------------------------------------
 

@@ -73,6 +73,9 @@ class PhasePacket(msgspec.Struct, array_like=True, gc=False, kw_only=True):
         0 (lowest) to 255 (most urgent).
     deadline_ns:
         Absolute deadline in the fabric's time (``fabric.timesource.now_ns``); 0 for none.
+    blob:
+        A reference to a large array in the fabric's blob arena (``fabric.arena``), 0 for none.
+        Subscribers get a read-only view of it without a copy.
     topic:
         Where it goes: subscribers of this topic receive it.
     deps:
@@ -87,6 +90,7 @@ class PhasePacket(msgspec.Struct, array_like=True, gc=False, kw_only=True):
     targets: int = 0
     priority: int = 0
     deadline_ns: int = 0
+    blob: int = 0
     topic: str
     deps: tuple[int, ...] = ()
     payload: Any = None
@@ -106,7 +110,7 @@ class PacketHeader(msgspec.Struct, frozen=True):
     ndeps: int
     body_len: int
     magic: int
-    enqueued_ns: int
+    blob: int
 
 
 def topic_id(topic: str) -> int:

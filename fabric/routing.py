@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fabric._atomics import copy_bytes, i64_array_at, load_acquire_at, store_release_at
+from fabric._atomics import copy_bytes, fetch_add_at, fetch_and_at, fetch_or_at, i64_array_at, load_acquire_at, store_release_at
 from fabric._jit import jit
 from fabric._ring_kernels import (
     BACK_PRESSURED,
@@ -34,6 +34,21 @@ from fabric._ring_kernels import (
     SUBSCRIBER_DROPPED,
     _claim,
     _commit_and_check_waiters,
+)
+from shm_layouts.arena import (
+    A_BYTES_IN_USE,
+    A_FREES,
+    ARENA_LINE_OFFSET,
+    B_GENERATION,
+    B_HOLDERS,
+    B_NBYTES,
+    B_STATE,
+    BLOB_FREE,
+    BLOB_READY,
+    IN_FLIGHT,
+    REF_SLOT_BITS,
+    SLOT_BYTES,
+    SLOTS_OFFSET,
 )
 from shm_layouts.control import RowState
 from shm_layouts.packet import PACKET_HEADER_BYTES, PACKET_MAGIC, PACKET_TYPE, PACKET_TYPE_MASK
@@ -62,7 +77,9 @@ R_UNKNOWN_TOPIC = 6
 R_INBOX_GONE = 7  # an inbox without a reader (subscriber gone): that copy dropped
 R_BLOCKED = 8  # 1 when the batch stopped on a full inbox
 R_WAKE_MASK = 9  # bit i: inbox i needs a futex wake
-R_N = 10
+R_STALE = 10  # 1 when the batch stopped because the subscriptions changed: rebuild, call again
+R_BAD_BLOB = 11  # a packet named a blob that is not in the arena (stale or foreign): delivered without it
+R_N = 12
 
 ROUTER_COUNTERS = ("routed", "delivered", "no_subscriber", "filtered", "dead_lettered", "dead_dropped", "unknown_topic", "inbox_gone")
 
@@ -112,6 +129,7 @@ class RouteTable:
                 min_prio.append(int(s["min_priority"]))
                 source.append(int(s["source"]))
                 bits.append(int(s["target_bits"]))
+        self.topic_admit = np.array([int(topics[r]["admit_min_priority"]) for _, r in active_topics], dtype=np.int64)
         self.route_start = np.array(starts, dtype=np.int64)
         self.route_count = np.array(counts, dtype=np.int64)
         self.route_inbox = np.array(inbox, dtype=np.int64)
@@ -142,6 +160,16 @@ def _find_topic(keys, topic):
 
 
 @jit(inline="always")
+def _drop_hold(slot_addr, bit, line_addr):
+    old = fetch_and_at(slot_addr + B_HOLDERS * 8, ~bit)
+    if old != 0 and (old & ~bit) == 0:
+        nbytes = load_acquire_at(slot_addr + B_NBYTES * 8)
+        store_release_at(slot_addr + B_STATE * 8, BLOB_FREE)  # SYNC POINT: pairs with the allocator's acquire
+        fetch_add_at(line_addr + A_FREES * 8, 1)
+        fetch_add_at(line_addr + A_BYTES_IN_USE * 8, -nbytes)
+
+
+@jit(inline="always")
 def _valid_packet(payload_addr, payload, type_id):
     if (type_id & PACKET_TYPE_MASK) != PACKET_TYPE:
         return False
@@ -154,8 +182,9 @@ def _valid_packet(payload_addr, payload, type_id):
 
 
 _ROUTE_SIG = (
-    "int64(int64, int64, int64, int64, uint64[::1], int64[::1], int64[::1], int64[::1], int64[::1], "
-    "int64[::1], int64[::1], uint64[::1], int64[::1], int64[::1], int64, int64, int64, int64[::1], int64[:, ::1])"
+    "int64(int64, int64, int64, int64, uint64[::1], int64[::1], int64[::1], int64[::1], int64[::1], int64[::1], "
+    "int64[::1], int64[::1], uint64[::1], int64[::1], int64[::1], int64, int64, int64, int64[::1], int64[:, ::1], "
+    "int64, int64, int64, int64)"
 )
 
 
@@ -166,6 +195,7 @@ def route_batch(
     start_pos,
     max_records,
     keys,
+    topic_admit,
     route_start,
     route_count,
     route_inbox,
@@ -180,8 +210,20 @@ def route_batch(
     dl_slot,
     stats,
     topic_stats,
+    version_addr,
+    table_version,
+    arena_base,
+    arena_slots,
 ):
     """Route up to ``max_records`` records from the input ring; returns the new input position.
+
+    ``version_addr`` is the control block's subscriptions version. It is checked after
+    each record's commit is acquired: a record published after a subscription change is
+    never routed with the table from before it (the batch stops with ``R_STALE``).
+
+    ``arena_base`` (0: no arena): a packet naming a blob gives every receiving inbox a
+    hold on it (its bit in the holder mask, set before the delivery commits); when the
+    fan-out is complete the in-flight hold is dropped, freeing a blob nobody got.
 
     ``fanout_addr`` points at the router's two persistent words (``fanout_pos``,
     ``fanout_ring``) in the control block. ``stats`` and ``topic_stats`` accumulate
@@ -200,6 +242,7 @@ def route_batch(
     p = start_pos
     n = 0
     stats[R_BLOCKED] = 0
+    stats[R_STALE] = 0
     while n < max_records:
         off = p & mask
         rem = cap - off
@@ -208,6 +251,10 @@ def route_batch(
             continue
         slot = data + off
         if load_acquire_at(slot) != p:  # SYNC POINT: pairs with the producer's commit store
+            break
+        # SYNC POINT: pairs with the subscriber's version bump (seq_cst) before its publishers start.
+        if load_acquire_at(version_addr) != table_version:
+            stats[R_STALE] = 1
             break
         meta = load_acquire_at(slot + 8)
         length = meta & 0xFFFFFFFF
@@ -242,10 +289,28 @@ def route_batch(
             continue
         priority = (hw[5] >> 32) & 0xFF
         source = hw[5] & 0xFFFFFFFF
+        if priority < topic_admit[k]:  # governance shed this topic's low priorities
+            topic_stats[k, T_FILTERED] += 1
+            stats[R_ROUTED] += 1
+            p += aligned
+            n += 1
+            continue
         targets = np.uint64(hw[3])
         resume_after = -1
         if fan[0] == p:
             resume_after = fan[1]
+        blob_slot = 0
+        blob = hw[7]
+        if blob != 0 and arena_base != 0:
+            bslot = (blob & ((1 << REF_SLOT_BITS) - 1)) - 1
+            if 0 <= bslot < arena_slots:
+                blob_slot = arena_base + SLOTS_OFFSET + bslot * SLOT_BYTES
+                if load_acquire_at(blob_slot + B_GENERATION * 8) != (blob >> REF_SLOT_BITS) or load_acquire_at(
+                    blob_slot + B_STATE * 8
+                ) != BLOB_READY:
+                    blob_slot = 0
+            if blob_slot == 0:
+                stats[R_BAD_BLOB] += 1
         routes = route_count[k]
         if routes == 0:
             topic_stats[k, T_NO_SUBSCRIBER] += 1
@@ -281,6 +346,8 @@ def route_batch(
             icfg = i64_array_at(base + CONFIG_OFFSET, 16)
             dst = base + icfg[CFG_DATA_OFFSET] + (rec & (icfg[CFG_CAPACITY] - 1))
             copy_bytes(dst + HDR, src, payload)
+            if blob_slot != 0:
+                fetch_or_at(blob_slot + B_HOLDERS * 8, 1 << inbox)  # the inbox holds it before it can be read
             if _commit_and_check_waiters(base, rec) != 0:
                 stats[R_WAKE_MASK] |= 1 << inbox
             fan[0] = p  # resume point, in case this router dies before the packet is done
@@ -290,6 +357,8 @@ def route_batch(
         if blocked:
             stats[R_BLOCKED] = 1
             break
+        if blob_slot != 0:
+            _drop_hold(blob_slot, IN_FLIGHT, arena_base + ARENA_LINE_OFFSET)
         stats[R_ROUTED] += 1
         topic_stats[k, T_ROUTED] += 1
         topic_stats[k, T_BYTES] += payload

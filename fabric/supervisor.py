@@ -37,7 +37,7 @@ from fabric.pinning import PinPlan, cpus_to_mask, plan_pinning
 from fabric.ring import Ring, RingConfig
 from fabric.segment import list_segments, unlink_segment
 from fabric.timesource import get_time_source
-from shm_layouts.control import FabricState, RingRole, WorkerState
+from shm_layouts.control import FabricState, RingRole, WorkerState, client_component
 
 __all__ = ["Supervisor", "WorkerProcess", "reclaim_stale_fabric", "warm_kernels"]
 
@@ -116,6 +116,7 @@ class Supervisor:
         self.plan: PinPlan | None = None
         self.dead_letters: deque[bytes] = deque(maxlen=100)
         self._dl_reader = None
+        self.arena = None
         self._stop_requested = False
         self._last_reclaim_ns = 0
 
@@ -174,6 +175,12 @@ class Supervisor:
             make(RingRole.INBOX, f"inbox-{i}", f.inbox_capacity_bytes, producers=_INBOX_MAX_PRODUCERS, subscribers=2, index=i)
         cb.header[0]["n_inboxes"] = f.inbox_pool
         self._dl_reader = dead_letter.reader()
+        if f.arena_bytes:
+            from fabric.arena import BlobArena
+
+            name = ring_segment_name(self.name, "arena")
+            self.arena = BlobArena.create(name, f.arena_bytes, f.arena_slots)
+            cb.add_ring(RingRole.ARENA, name, f.arena_bytes)
         for t in cfg.topics:
             cb.declare_topic(t.name)
         for row, w in enumerate(cfg.workers):
@@ -297,8 +304,9 @@ class Supervisor:
                 self._worker_died(wp, code, now)
         if now - self._last_reclaim_ns > 200_000_000:
             self._last_reclaim_ns = now
-            for client in cb.reclaim_dead_clients():
-                logger.info("reclaimed dead client row {}", client)
+            for client, inboxes in cb.reclaim_dead_clients():
+                held = self.arena.release_client(client_component(client), inboxes) if self.arena is not None else 0
+                logger.info("reclaimed dead client row {} (and {} blob holds)", client, held)
         self._drain_dead_letters()
 
     def _worker_died(self, wp: WorkerProcess, code: int, now: int) -> None:
@@ -359,6 +367,9 @@ class Supervisor:
         for ring in self.rings:
             ring.close()
         self.rings.clear()
+        if self.arena is not None:
+            self.arena.close()
+            self.arena = None
         cb.close()
         self.control = None
         self._unlink_all()

@@ -108,7 +108,8 @@ class RingRole:
     SCHEDULER_IN = 2
     DEAD_LETTER = 3
     INBOX = 4
-    NAMES = {1: "router-in", 2: "scheduler-in", 3: "dead-letter", 4: "inbox"}
+    ARENA = 5  # the blob arena (not a ring; listed here so every segment is in one table)
+    NAMES = {1: "router-in", 2: "scheduler-in", 3: "dead-letter", 4: "inbox", 5: "arena"}
 
 
 FABRIC_DTYPE = np.dtype(
@@ -201,7 +202,7 @@ TOPIC_DTYPE = np.dtype(
         ("no_subscriber", "<i8"),  # router: packets nobody subscribed to (counted, not kept)
         ("filtered", "<i8"),  # router: copies a subscription predicate refused
         ("bytes", "<i8"),
-        ("spare", "<i8"),
+        ("admit_min_priority", "<i8"),  # governance (EGC): packets below this priority are shed, counted as filtered
         ("name", "S64"),
     ]
 )

@@ -8,8 +8,8 @@
     +----------------+----------------+----------------+----------------+
     32               40       44   45   46     48       52       56       64
     +----------------+--------+----+----+------+--------+--------+--------+
-    | topic_id u64   | source | pri|flg | ndeps| body_  | magic  | enq_ns |
-    | (FNV-1a 64)    | u32    | u8 | u8 | u16  | len u32| u32    | (sched)|
+    | topic_id u64   | source | pri|flg | ndeps| body_  | magic  | blob   |
+    | (FNV-1a 64)    | u32    | u8 | u8 | u16  | len u32| u32    | ref i64|
     +----------------+--------+----+----+------+--------+--------+--------+
     64: deps: ndeps x u64 packet ids        (the scheduler reads them without decoding)
     64 + 8*ndeps: body: the whole PhasePacket, msgspec msgpack (array-like)
@@ -38,7 +38,7 @@ __all__ = [
     "H_TOPIC",
     "H_SOURCE_PRI_FLAGS_NDEPS",
     "H_BODYLEN_MAGIC",
-    "H_ENQUEUED",
+    "H_BLOB",
     "FLAG_LATE",
     "FLAG_DEGRADED",
     "FLAG_ESCALATED",
@@ -63,7 +63,7 @@ PACKET_HEADER_DTYPE = np.dtype(
         ("ndeps", "<u2"),
         ("body_len", "<u4"),
         ("magic", "<u4"),
-        ("enqueued_ns", "<i8"),
+        ("blob", "<i8"),
     ]
 )
 assert PACKET_HEADER_DTYPE.itemsize == PACKET_HEADER_BYTES
@@ -76,7 +76,7 @@ H_TARGETS = 3
 H_TOPIC = 4
 H_SOURCE_PRI_FLAGS_NDEPS = 5  # source | priority << 32 | flags << 40 | ndeps << 48
 H_BODYLEN_MAGIC = 6  # body_len | magic << 32
-H_ENQUEUED = 7
+H_BLOB = 7  # blob arena reference (0: none); the router takes references for each delivery
 
 # Flags set by the scheduler on delivery.
 FLAG_LATE = 1  # delivered after its deadline

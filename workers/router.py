@@ -24,6 +24,7 @@ from fabric.routing import (
     R_INBOX_GONE,
     R_N,
     R_ROUTED,
+    R_STALE,
     R_UNKNOWN_TOPIC,
     R_WAKE_MASK,
     T_BYTES,
@@ -35,7 +36,7 @@ from fabric.routing import (
     route_batch,
 )
 from fabric.wait import Parker
-from shm_layouts.control import RingRole
+from shm_layouts.control import FABRIC_DTYPE, FABRIC_OFFSET, RingRole
 from shm_layouts.ring import WAKE_DOORBELL, WAKE_OFFSET
 from workers.base import Worker, WorkerContext
 
@@ -62,6 +63,13 @@ class RouterWorker(Worker):
         self.inbox_writers = [r.writer() for r in self.inbox_rings]
         self.inbox_bases = np.array([r.segment.address for r in self.inbox_rings], dtype=np.int64)
         self.inbox_slots = np.array([w.slot for w in self.inbox_writers], dtype=np.int64)
+        self.arena = None
+        if any(role == RingRole.ARENA for role, _, _ in control.ring_rows()):
+            from fabric.arena import BlobArena
+
+            self.arena = BlobArena.attach(control.ring_name(RingRole.ARENA))
+        self._arena_base = self.arena.segment.address if self.arena is not None else 0
+        self._arena_slots = self.arena.slot_count if self.arena is not None else 0
         self.dead_letter = ctx.ring(RingRole.DEAD_LETTER)
         self.dl_writer = self.dead_letter.writer()
         self.stats = np.zeros(R_N, dtype=np.int64)
@@ -70,6 +78,8 @@ class RouterWorker(Worker):
         self._topics_version = -1
         self.table: RouteTable | None = None
         self._next_publish_ns = 0
+        self._progress = False
+        self._version_addr = control.segment.address + FABRIC_OFFSET + FABRIC_DTYPE.fields["subscriptions_version"][1]
         self._refresh_routes()
         logger.info(
             "router: input slot {} at position {}, {} inboxes, {} topics",
@@ -90,19 +100,26 @@ class RouterWorker(Worker):
         self._subs_version = subs_v
         self._topics_version = topics_v
         self.table = RouteTable(control.topics, control.subscriptions)
-        logger.debug("router: route table rebuilt ({} topics, {} routes)", len(self.table), len(self.table.route_inbox))
+        logger.debug("router: route table rebuilt ({} topics, {} routes) subs_v={}", len(self.table), len(self.table.route_inbox), subs_v)
 
     def step(self, now_ns: int) -> int:
         self._refresh_routes()
+        pos = self._route()
+        if self.stats[R_STALE]:
+            self._refresh_routes()  # subscriptions changed under this batch: route the rest with the new table
+            pos = self._route()
+        return self._after_route(pos, now_ns)
+
+    def _route(self) -> int:
         t = self.table
         reader = self.reader
-        start = reader.position
         pos = route_batch(
             self.input.segment.address,
             reader.slot,
-            start,
+            reader.position,
             self.batch,
             t.keys,
+            t.topic_admit,
             t.route_start,
             t.route_count,
             t.route_inbox,
@@ -117,7 +134,20 @@ class RouterWorker(Worker):
             self.dl_writer.slot,
             self.stats,
             t.topic_stats,
+            self._version_addr,
+            self._subs_version,
+            self._arena_base,
+            self._arena_slots,
         )
+        if pos >= 0 and pos != reader.position:
+            reader.position = pos
+            self._progress = True
+        return pos
+
+    def _after_route(self, pos: int, now_ns: int) -> int:
+        reader = self.reader
+        progressed = self._progress
+        self._progress = False
         if pos < 0:
             raise BrokenResourceError(f"router: input ring refused the router (code {pos})")
         wake = int(self.stats[R_WAKE_MASK])
@@ -126,14 +156,13 @@ class RouterWorker(Worker):
             for i in range(len(self.inbox_bases)):
                 if wake >> i & 1:
                     futex_wake(int(self.inbox_bases[i]) + WAKE_OFFSET + WAKE_DOORBELL * 8)
-        if pos == start:
+        if not progressed:
             if now_ns >= self._next_publish_ns:
                 self._publish_counters()
                 self._next_publish_ns = now_ns + 20_000_000
             if not self.stats[R_BLOCKED]:
                 reader._check_stall()  # a dead producer's claim may block the input
             return 0
-        reader.position = pos
         if now_ns >= self._next_publish_ns:
             self._publish_counters()
             self._next_publish_ns = now_ns + 20_000_000  # stat refreshes see counters at most 20 ms old
@@ -177,6 +206,8 @@ class RouterWorker(Worker):
         for w in self.inbox_writers:
             w.close()
         self.dl_writer.close()
+        if self.arena is not None:
+            self.arena.close()
 
 
 _ = K
