@@ -2,7 +2,7 @@
 
 The body is the packet as a msgpack array whose fixed fields come first::
 
-    [id, hlc, source, targets, priority, deadline_ns, blob, topic, deps, payload]
+    [id, hlc, source, targets, priority, deadline_ns, blob, flags, topic, deps, payload]
 
 so a kernel can read the routing fields (and hash the topic) without touching
 the payload, validate them, and write ``[fixed header][deps][body]`` straight
@@ -62,7 +62,7 @@ __all__ = [
 
 PARSE_MALFORMED = -10  # not a msgpack array of the PhasePacket shape
 PARSE_RANGE = -11  # a field is out of its range (priority > 255, source > 2**32-1, too many deps)
-FIELD_COUNT = 10
+FIELD_COUNT = 11
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -131,10 +131,10 @@ def _read_len(b, i, end, fix_lo, fix_hi, t8, t16, t32):
 @jit(inline="always")
 def _parse(b, n):
     """Parse the fixed fields of a body. Returns (code, id, hlc, source, targets, priority,
-    deadline, topic_hash, deps_start, ndeps, blob) with code 0 on success."""
+    deadline, topic_hash, deps_start, ndeps, blob, flags) with code 0 on success."""
     ok, count, i = _read_len(b, 0, n, 0x90, 0x9F, 0, 0xDC, 0xDD)
     if not ok or count != FIELD_COUNT:
-        return PARSE_MALFORMED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+        return PARSE_MALFORMED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
     ok1, pid, i = _read_int(b, i, n)
     ok2, hlc, i = _read_int(b, i, n)
     ok3, source, i = _read_int(b, i, n)
@@ -142,13 +142,14 @@ def _parse(b, n):
     ok5, priority, i = _read_int(b, i, n)
     ok6, deadline, i = _read_int(b, i, n)
     ok7, blob, i = _read_int(b, i, n)
-    if not (ok1 and ok2 and ok3 and ok4 and ok5 and ok6 and ok7):
-        return PARSE_MALFORMED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
-    if priority < 0 or priority > 255 or source < 0 or source > 0xFFFFFFFF or blob < 0:
-        return PARSE_RANGE, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    ok8, flags, i = _read_int(b, i, n)
+    if not (ok1 and ok2 and ok3 and ok4 and ok5 and ok6 and ok7 and ok8):
+        return PARSE_MALFORMED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    if priority < 0 or priority > 255 or source < 0 or source > 0xFFFFFFFF or blob < 0 or flags < 0 or flags > 255:
+        return PARSE_RANGE, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
     ok, tlen, i = _read_len(b, i, n, 0xA0, 0xBF, 0xD9, 0xDA, 0xDB)
     if not ok or i + tlen > n:
-        return PARSE_MALFORMED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+        return PARSE_MALFORMED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
     h = _FNV_OFFSET
     for k in range(i, i + tlen):
         h = (h ^ np.uint64(b[k])) * _FNV_PRIME
@@ -157,21 +158,21 @@ def _parse(b, n):
     i += tlen
     ok, ndeps, i = _read_len(b, i, n, 0x90, 0x9F, 0, 0xDC, 0xDD)
     if not ok:
-        return PARSE_MALFORMED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+        return PARSE_MALFORMED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
     if ndeps > MAX_DEPS:
-        return PARSE_RANGE, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+        return PARSE_RANGE, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
     deps_start = i
     for _ in range(ndeps):
         ok, _v, i = _read_int(b, i, n)
         if not ok:
-            return PARSE_MALFORMED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+            return PARSE_MALFORMED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
     if i >= n:  # the payload must follow
-        return PARSE_MALFORMED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
-    return 0, pid, hlc, source, targets, priority, deadline, np.int64(h), deps_start, ndeps, blob
+        return PARSE_MALFORMED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    return 0, pid, hlc, source, targets, priority, deadline, np.int64(h), deps_start, ndeps, blob, flags
 
 
 @jit(inline="always")
-def _write_record(dst, b, n, pid, hlc, source, targets, priority, deadline, topic, deps_start, ndeps, blob):
+def _write_record(dst, b, n, pid, hlc, source, targets, priority, deadline, topic, deps_start, ndeps, blob, flags):
     """Write ``[header][deps][body]`` at address ``dst``."""
     hw = i64_array_at(dst, 8 + ndeps)
     hw[0] = pid
@@ -179,7 +180,7 @@ def _write_record(dst, b, n, pid, hlc, source, targets, priority, deadline, topi
     hw[2] = deadline
     hw[3] = targets
     hw[4] = topic
-    hw[5] = source | (priority << 32) | (ndeps << 48)
+    hw[5] = source | (priority << 32) | (flags << 40) | (ndeps << 48)
     hw[6] = n | (np.int64(PACKET_MAGIC) << 32)
     hw[7] = blob
     i = deps_start
@@ -203,7 +204,7 @@ def ring_offer_packet(base, producer, body):
     code, or a ``PARSE_*`` code (nothing was claimed).
     """
     n = len(body)
-    code, pid, hlc, source, targets, priority, deadline, topic, deps_start, ndeps, blob = _parse(body, n)
+    code, pid, hlc, source, targets, priority, deadline, topic, deps_start, ndeps, blob, flags = _parse(body, n)
     if code != 0:
         return code
     length = PACKET_HEADER_BYTES + 8 * ndeps + n
@@ -212,7 +213,7 @@ def ring_offer_packet(base, producer, body):
         return rec
     cfg = i64_array_at(base + CONFIG_OFFSET, 16)
     slot = base + cfg[CFG_DATA_OFFSET] + (rec & (cfg[CFG_CAPACITY] - 1))
-    _write_record(slot + HDR, body, n, pid, hlc, source, targets, priority, deadline, topic, deps_start, ndeps, blob)
+    _write_record(slot + HDR, body, n, pid, hlc, source, targets, priority, deadline, topic, deps_start, ndeps, blob, flags)
     pw = i64_array_at(base + PRODUCERS_OFFSET + producer * PRODUCER_ENTRY_BYTES, 16)
     pw[P_RECORDS] += 1
     pw[P_BYTES] += length
@@ -226,13 +227,13 @@ def build_packet_record(body, out):
     ``out`` must hold ``64 + 8 * ndeps + len(body)`` bytes (``len(body) * 2 + 64`` always does).
     """
     n = len(body)
-    code, pid, hlc, source, targets, priority, deadline, topic, deps_start, ndeps, blob = _parse(body, n)
+    code, pid, hlc, source, targets, priority, deadline, topic, deps_start, ndeps, blob, flags = _parse(body, n)
     if code != 0:
         return code
     length = PACKET_HEADER_BYTES + 8 * ndeps + n
     if length > len(out):
         return PARSE_RANGE
-    _write_record(data_address(out), body, n, pid, hlc, source, targets, priority, deadline, topic, deps_start, ndeps, blob)
+    _write_record(data_address(out), body, n, pid, hlc, source, targets, priority, deadline, topic, deps_start, ndeps, blob, flags)
     return length
 
 

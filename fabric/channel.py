@@ -129,8 +129,10 @@ class PacketReader:
         codec: PacketCodec | None = None,
         *,
         on_malformed: Callable[[MalformedRecord], None] | None = None,
+        hlc=None,
     ) -> None:
         self.reader = reader
+        self.hlc = hlc  # a HybridLogicalClock merged with every received stamp (receive rule), or None
         self.codec = codec or PacketCodec()
         self.on_malformed = on_malformed
         self.malformed = 0
@@ -157,6 +159,8 @@ class PacketReader:
                 out = self._decode_each(mv, starts, ends)  # something in the batch is bad: sort it out
         finally:
             r._pending_release = d[0]
+        if self.hlc is not None and out:
+            self.hlc.try_update(max(p.hlc for p in out))  # one merge per batch: same clock, same bound
         return out
 
     def _decode_each(self, mv: memoryview, starts: list, ends: list) -> list[PhasePacket]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -340,8 +341,6 @@ def cmd_pin(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from fabric.control import ControlBlock
-    from fabric.errors import FabricError
     from fabric.segment import SHM_DIR, list_segments, unlink_segment
 
     problems = 0
@@ -359,26 +358,24 @@ def cmd_doctor(args) -> int:
     soft, _hard = resource.getrlimit(resource.RLIMIT_RTPRIO)
     rt = os.geteuid() == 0 or soft > 0
     print(f"[{'ok' if rt else '..'}] real-time priority {'permitted' if rt else 'not permitted (RLIMIT_RTPRIO=0): workers run at normal priority'}")
+    # A segment is stale when the process that created it is gone (its header says who): one
+    # rule for control blocks, rings and arenas, and no race with a fabric that is starting.
+    from fabric._process import is_alive
+    from fabric.segment import peek_creator
+
     stale = []
-    names = sorted({s[3:-len("-control")] for s in list_segments("cf-") if s.endswith("-control")})
-    for fab in names:
-        try:
-            cb = ControlBlock.attach(fab, timeout_ns=200_000_000)
-            alive = cb.supervisor_alive()
-            cb.close()
-        except FabricError:
-            alive = False
-        if alive:
-            print(f"[ok] fabric {fab!r} is running")
-        else:
-            segs = list_segments(f"cf-{fab}-")
-            stale += segs
-            print(f"[!!] fabric {fab!r} is stale (its supervisor is gone): {len(segs)} segments")
-    orphans = [s for s in list_segments("cf-") if not any(s.startswith(f"cf-{f}-") for f in names)]
-    if orphans:
-        stale += orphans
-        print(f"[!!] {len(orphans)} ChronoFabric segments belong to no fabric: {', '.join(orphans[:5])}"
-              f"{' ...' if len(orphans) > 5 else ''}")
+    by_fabric: dict[str, list[str]] = {}
+    for seg in list_segments("cf-"):
+        creator = peek_creator(seg)
+        if creator is not None and is_alive(*creator):
+            continue
+        if creator is None and time.time() - os.stat(os.path.join(SHM_DIR, seg)).st_mtime < 5:
+            continue  # being created right now: not stale
+        stale.append(seg)
+        m = re.match(r"^cf-(.+?)-(control|router-in|scheduler-in|dead-letter|arena|inbox-\d+)$", seg)
+        by_fabric.setdefault(m.group(1) if m else "?", []).append(seg)
+    for fab, segs in sorted(by_fabric.items()):
+        print(f"[!!] {len(segs)} stale segments of fabric {fab!r} (their creator is gone)")
     if not stale:
         print("[ok] no stale segments")
         return 1 if problems else 0

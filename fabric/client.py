@@ -222,9 +222,9 @@ class FabricClient:
         """Close every publisher and subscriber, give the client row back (idempotent)."""
         if self._closed:
             return
-        self._closed = True
         for h in list(self._handles):
             h.close()
+        self._closed = True
         self.flush_counters()
         for w in self._writers.values():
             w.close()
@@ -409,7 +409,7 @@ class Subscriber:
         self._rows: list[int] = []
         try:
             ring = client._ring(RingRole.INBOX, self.inbox)
-            self._reader = PacketReader(ring.reader(wait=wait), on_malformed=self._on_malformed)
+            self._reader = PacketReader(ring.reader(wait=wait), on_malformed=self._on_malformed, hlc=client.hlc)
             # Join the inbox first, then route to it: nothing is routed before we can read it.
             for t in topics:
                 self._rows.append(
@@ -459,11 +459,8 @@ class Subscriber:
         """Up to ``limit`` packets that are there now (possibly none)."""
         if self._closed:
             raise ClosedResourceError("subscriber is closed")
-        out = self._reader.receive_batch(limit)
+        out = self._reader.receive_batch(limit)  # the reader merges the stamps into the client's clock
         if out:
-            update = self._client.hlc.try_update  # a stamp too far ahead is counted, not merged; the packet still arrives
-            for pkt in out:
-                update(pkt.hlc)
             self._client._count("received", len(out))
         else:
             self._client.flush_counters()
@@ -488,7 +485,6 @@ class Subscriber:
             self._client.arena.release(packet.blob, inbox=self.inbox)
 
     def _received(self, pkt: PhasePacket) -> None:
-        self._client.hlc.try_update(pkt.hlc)
         self._client._count("received")
 
     def __iter__(self) -> Iterator[PhasePacket]:

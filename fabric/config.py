@@ -43,11 +43,14 @@ __all__ = [
     "TOPIC_NAME_RE",
     "FABRIC_NAME_RE",
     "DEMO_TOPIC",
+    "MISS_POLICIES",
 ]
 
 TOPIC_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 FABRIC_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,30}$")
 DEMO_TOPIC = "demo"
+# miss policy name -> scheduler class (fabric.deadline.MissPolicy order)
+MISS_POLICIES = {"drop": 0, "late": 1, "degrade": 2, "escalate": 3}
 
 
 class FabricSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -70,10 +73,17 @@ class FabricSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class TopicSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """A topic the fabric routes."""
+    """A topic the fabric routes.
+
+    ``miss_policy`` is what the scheduler does with a packet of this topic whose
+    deadline passes before it is delivered: ``drop`` it, deliver it ``late`` (flagged),
+    ``degrade`` it (re-route to the topic ``<name>.degraded``, which must be declared),
+    or ``escalate`` it (priority 255, flagged). Every miss is counted.
+    """
 
     name: str
     description: str = ""
+    miss_policy: str = "late"
 
 
 class WorkerSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -182,7 +192,12 @@ def validate_topology(cfg: TopologyConfig, *, source: str = "<config>") -> None:
             raise bad(f"topics[{i}].name", f"{t.name!r} must be 1-63 letters, digits, '.', '_' or '-'")
         if t.name in names:
             raise bad(f"topics[{i}].name", f"topic {t.name!r} is declared twice")
+        if t.miss_policy not in MISS_POLICIES:
+            raise bad(f"topics[{i}].miss_policy", f"must be one of {sorted(MISS_POLICIES)}, got {t.miss_policy!r}")
         names.add(t.name)
+    for i, t in enumerate(cfg.topics):
+        if t.miss_policy == "degrade" and f"{t.name}.degraded" not in names:
+            raise bad(f"topics[{i}].miss_policy", f"'degrade' needs a topic {t.name + '.degraded'!r} declared for the cheaper handler")
     if len(names) > MAX_TOPICS:
         raise bad("topics", f"at most {MAX_TOPICS} topics")
     if len(cfg.workers) > MAX_WORKERS:

@@ -27,6 +27,9 @@ import numpy as np
 from fabric import _packet_kernels as _pk
 from fabric.errors import CodecError
 from shm_layouts.packet import (
+    FLAG_DEGRADED,
+    FLAG_ESCALATED,
+    FLAG_LATE,
     MAX_DEPS,
     PACKET_HEADER_BYTES,
     PACKET_HEADER_DTYPE,
@@ -44,6 +47,9 @@ __all__ = [
     "read_header",
     "ALL_TARGETS",
     "PRIORITY_MAX",
+    "FLAG_LATE",
+    "FLAG_DEGRADED",
+    "FLAG_ESCALATED",
 ]
 
 NDARRAY_EXT = 1
@@ -76,6 +82,10 @@ class PhasePacket(msgspec.Struct, array_like=True, gc=False, kw_only=True):
     blob:
         A reference to a large array in the fabric's blob arena (``fabric.arena``), 0 for none.
         Subscribers get a read-only view of it without a copy.
+    flags:
+        Set by the fabric, not the publisher: ``FLAG_LATE`` (delivered after its deadline),
+        ``FLAG_DEGRADED`` (re-routed to the topic's degraded handler), ``FLAG_ESCALATED``
+        (its priority was raised after a miss) — see ``shm_layouts.packet``.
     topic:
         Where it goes: subscribers of this topic receive it.
     deps:
@@ -91,6 +101,7 @@ class PhasePacket(msgspec.Struct, array_like=True, gc=False, kw_only=True):
     priority: int = 0
     deadline_ns: int = 0
     blob: int = 0
+    flags: int = 0
     topic: str
     deps: tuple[int, ...] = ()
     payload: Any = None
@@ -234,7 +245,7 @@ def _parse_error(code: int, topic: str) -> str:
     if code == _pk.PARSE_RANGE:
         return (
             f"packet on topic {topic!r} has a field out of range "
-            f"(priority 0..255, source 0..2**32-1, at most {MAX_DEPS} deps, ids/targets within 64 bits)"
+            f"(priority and flags 0..255, source 0..2**32-1, at most {MAX_DEPS} deps, blob >= 0, ids/targets within 64 bits)"
         )
     return f"packet on topic {topic!r} is not a well-formed PhasePacket body"
 

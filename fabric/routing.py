@@ -79,7 +79,8 @@ R_BLOCKED = 8  # 1 when the batch stopped on a full inbox
 R_WAKE_MASK = 9  # bit i: inbox i needs a futex wake
 R_STALE = 10  # 1 when the batch stopped because the subscriptions changed: rebuild, call again
 R_BAD_BLOB = 11  # a packet named a blob that is not in the arena (stale or foreign): delivered without it
-R_N = 12
+R_MAX_HLC = 12  # the largest HLC stamp routed since the router last merged it into its clock
+R_N = 13
 
 ROUTER_COUNTERS = ("routed", "delivered", "no_subscriber", "filtered", "dead_lettered", "dead_dropped", "unknown_topic", "inbox_gone")
 
@@ -281,6 +282,8 @@ def route_batch(
             n += 1
             continue
         hw = i64_array_at(src, 8)
+        if hw[1] > stats[R_MAX_HLC]:
+            stats[R_MAX_HLC] = hw[1]
         k = _find_topic(keys, np.uint64(hw[4]))
         if k < 0:
             stats[R_UNKNOWN_TOPIC] += 1

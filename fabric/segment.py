@@ -58,7 +58,7 @@ from shm_layouts.header import (
     version_string,
 )
 
-__all__ = ["Segment", "validate_name", "list_segments", "unlink_segment", "SHM_DIR"]
+__all__ = ["Segment", "validate_name", "list_segments", "unlink_segment", "peek_creator", "SHM_DIR"]
 
 SHM_DIR = "/dev/shm"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
@@ -347,6 +347,35 @@ def unlink_segment(name: str) -> bool:
         return True
     except posix_ipc.ExistentialError:
         return False
+
+
+def peek_creator(name: str) -> tuple[int, int] | None:
+    """``(creator pid, creator start ms)`` from a segment's header, or None if it has none yet.
+
+    Maps only the header, waits for nothing and checks nothing else: for tools that
+    decide whether a segment is stale (its creator is dead).
+    """
+    bare = validate_name(name)
+    try:
+        shm = posix_ipc.SharedMemory("/" + bare)
+    except posix_ipc.ExistentialError:
+        return None
+    try:
+        if _fd_size(shm.fd) < SEGMENT_HEADER_BYTES:
+            return None
+        mm = mmap.mmap(shm.fd, SEGMENT_HEADER_BYTES, prot=mmap.PROT_READ)
+    finally:
+        shm.close_fd()
+    try:
+        words = np.frombuffer(mm, dtype=np.int64, count=SEGMENT_HEADER_BYTES // 8)
+        if int(words[MAGIC_WORD]) != MAGIC:
+            del words
+            return None
+        out = int(words[CREATOR_PID_WORD]), int(words[CREATOR_START_WORD])
+        del words
+        return out
+    finally:
+        mm.close()
 
 
 def list_segments(prefix: str) -> list[str]:

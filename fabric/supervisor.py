@@ -44,6 +44,7 @@ __all__ = ["Supervisor", "WorkerProcess", "reclaim_stale_fabric", "warm_kernels"
 _STARTUP_TIMEOUT_NS = 120_000_000_000  # first start may compile every kernel on a cold cache
 _INBOX_MAX_PRODUCERS = 8  # the router, plus slots its restarts take before dead ones are reclaimed
 _INGRESS_MAX_PRODUCERS = 96  # every client and worker publishes into router-in
+_STARTUP_RESTARTS = 3
 
 
 def warm_kernels() -> None:
@@ -235,20 +236,27 @@ class Supervisor:
             self._spawn(wp)
 
     def _wait_running(self) -> None:
+        """Wait for every worker's first heartbeat; a worker that dies meanwhile is restarted (backoff).
+
+        Start-up fails only when a worker keeps dying (``_STARTUP_RESTARTS`` times) or the
+        start-up deadline passes: a transient failure must not take the fabric down.
+        """
         deadline = self.clock.monotonic_ns() + _STARTUP_TIMEOUT_NS
         cb = self.control
-        pending = {wp.row for wp in self.workers}
-        while pending:
+        while True:
+            self.tick()
             for wp in self.workers:
-                if wp.row not in pending:
-                    continue
-                if wp.proc.poll() is not None:
-                    raise FabricError(f"worker {wp.name!r} exited during start-up with code {wp.proc.returncode}")
-                if int(cb.workers[wp.row]["heartbeat_ns"]) > 0:
-                    cb.workers[wp.row]["state"] = WorkerState.RUNNING
-                    pending.discard(wp.row)
+                state = int(cb.workers[wp.row]["state"])
+                if state == WorkerState.FAILED or wp.restarts > _STARTUP_RESTARTS:
+                    raise FabricError(
+                        f"worker {wp.name!r} ({wp.kind}) kept failing during start-up "
+                        f"(exit code {int(cb.workers[wp.row]['exit_code'])}); see its log lines above"
+                    )
+            if all(int(cb.workers[wp.row]["state"]) == WorkerState.RUNNING for wp in self.workers):
+                return
             if self.clock.monotonic_ns() > deadline:
-                raise FabricError(f"workers {sorted(pending)} did not start within the start-up deadline")
+                slow = [wp.name for wp in self.workers if int(cb.workers[wp.row]["state"]) != WorkerState.RUNNING]
+                raise FabricError(f"workers {slow} did not start within the start-up deadline")
             _sleep_ms(5)
 
     # --- watch ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 from fabric.channel import PacketReader, PacketWriter
 from fabric.config import TopologyConfig, WorkerSpec
 from fabric.control import ControlBlock
+from fabric.hlc import HybridLogicalClock
 from fabric.packet import PhasePacket
 from fabric.ring import Ring
 from fabric.timesource import TimeSource, get_time_source
@@ -36,6 +37,7 @@ class WorkerContext:
         self.config: TopologyConfig = control.config()
         self.clock = clock or get_time_source()
         self.counters = control.workers[row]
+        self.hlc = HybridLogicalClock(time_source=self.clock)  # stamps what it emits, merges what it receives
         self._rings: dict[tuple[int, int], Ring] = {}
         self._seq = 0
 
@@ -60,7 +62,7 @@ class WorkerContext:
         slot = int(self.counters["reader_slot"])
         reader = ring.reader(durable=True, adopt_slot=slot if slot >= 0 else None)
         self.counters["reader_slot"] = reader.slot
-        return PacketReader(reader)
+        return PacketReader(reader, hlc=self.hlc)
 
     def publisher(self) -> PacketWriter:
         """A packet writer into the router's input (what every worker emits through)."""
@@ -107,6 +109,7 @@ class Worker:
         """Publish a packet from this worker (True if the ring took it; refusals are counted)."""
         pkt = PhasePacket(
             id=self.ctx.next_packet_id(),
+            hlc=self.ctx.hlc.tick(),
             source=self.ctx.component,
             priority=priority,
             topic=topic,

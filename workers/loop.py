@@ -61,7 +61,6 @@ def run_worker(fabric: str, row: int) -> int:
         beats = 0
         next_beat = 0
         steps = 0
-        parker = worker.parker()
         logger.info("worker {} ({}) running as pid {}", spec.name, spec.kind, os.getpid())
         while True:
             now = clock.monotonic_ns()
@@ -83,7 +82,7 @@ def run_worker(fabric: str, row: int) -> int:
             if done:
                 wait.reset()
             else:
-                wait.idle(parker, max_park_ns=hb_ns // 2)
+                wait.idle(worker.parker(), max_park_ns=hb_ns // 2)
     except Exception:
         logger.exception("worker row {} failed", row)
         if control.workers is not None:

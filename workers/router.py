@@ -22,6 +22,7 @@ from fabric.routing import (
     R_DEAD_LETTERED,
     R_DELIVERED,
     R_INBOX_GONE,
+    R_MAX_HLC,
     R_N,
     R_ROUTED,
     R_STALE,
@@ -166,6 +167,9 @@ class RouterWorker(Worker):
         if now_ns >= self._next_publish_ns:
             self._publish_counters()
             self._next_publish_ns = now_ns + 20_000_000  # stat refreshes see counters at most 20 ms old
+            if self.stats[R_MAX_HLC]:
+                self.ctx.hlc.try_update(int(self.stats[R_MAX_HLC]))  # this hop's clock follows what it routed
+                self.stats[R_MAX_HLC] = 0
         return 1
 
     def _publish_counters(self) -> None:
