@@ -9,6 +9,7 @@ Commands::
     chronofabric pin [--config F]                                      the pinning plan, the cores' state
     chronofabric doctor [--clean] [--yes]                              host checks, stale segments
     chronofabric bench [--quick] [...]                                 throughput/latency vs the peers
+    chronofabric simulate --seed N --steps M                           replay a topology deterministically
     chronofabric demo [--seconds S]                                    the whole thing, end to end
 
 The CLI prints (the library never does) and logs through loguru.
@@ -390,6 +391,23 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+def cmd_simulate(args) -> int:
+    from fabric.simulation import FaultPlan, simulate
+
+    faults = FaultPlan() if not args.no_faults else FaultPlan(delay=0.0, crash=0.0, dropped_wakeup=0.0)
+    result = simulate(args.seed, args.steps, faults=faults)
+    if args.json:
+        print(msgspec.json.encode(result).decode())
+        return 0
+    print(f"seed {result.seed}: {result.steps} steps, {result.simulated_ns / 1e6:.1f} ms simulated, "
+          f"{result.published} published, {result.delivered} delivered")
+    print(f"faults injected: {result.faults}")
+    for name, c in result.counters.items():
+        print(f"  {name:<10} received {c[0]}, emitted {c[1]}, deadline misses {c[2]}, dropped {c[3]}")
+    print(f"trace hash {result.trace_hash}")
+    return 0
+
+
 def cmd_bench(args, extra: list[str]) -> int:
     return subprocess.call([sys.executable, "-m", "bench", *extra])
 
@@ -517,6 +535,12 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="throughput and latency beside the peers (args go to `python -m bench`)")
 
+    sim = sub.add_parser("simulate", help="deterministic simulation of a topology: same seed, same trace hash")
+    sim.add_argument("--seed", type=int, required=True)
+    sim.add_argument("--steps", type=int, default=100_000)
+    sim.add_argument("--no-faults", action="store_true", help="no injected delays, crashes or dropped wake-ups")
+    sim.add_argument("--json", action="store_true")
+
     demo = sub.add_parser("demo", help="fabric up, a producer and a subscriber, live stats, clean stop")
     common(demo)
     demo.add_argument("--seconds", type=float, default=15.0)
@@ -532,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_bench(None, argv[1:])
     args = _parser().parse_args(argv)
     handlers = {"up": cmd_up, "down": cmd_down, "stat": cmd_stat, "attach": cmd_attach, "pin": cmd_pin,
-                "doctor": cmd_doctor, "demo": cmd_demo}
+                "doctor": cmd_doctor, "demo": cmd_demo, "simulate": cmd_simulate}
     if args.command in ("attach", "stat", "down", "pin", "doctor"):
         from fabric.logging import configure_logging
 

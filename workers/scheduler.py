@@ -11,7 +11,10 @@ scheduler's ring; everything else takes the direct lane to the router. Each step
 3. queue the rest in the EDF heap (``fabric.deadline``): earliest deadline first,
    priority next; admission control sheds the lowest priority first when the queue
    passes its high watermark (counted and logged: never silent);
-4. pop in EDF order and forward to ``router-in``. A packet forwarded on time is passed
+4. pop in EDF order and forward to ``router-in``. Input records are released only up
+   to the oldest one not yet forwarded, so a scheduler killed with packets queued loses
+   none: its successor adopts the slot and re-reads them (at-least-once).
+5. forward: a packet on time is passed
    byte for byte. A packet whose deadline passed gets its topic's miss policy
    (``TopicSpec.miss_policy``): dropped, delivered late (``FLAG_LATE``), degraded to
    ``<topic>.degraded`` or escalated to priority 255 — re-encoded with the flag set,
@@ -114,7 +117,9 @@ class SchedulerWorker(Worker):
             if t.miss_policy == "degrade":
                 self.degraded_topic[topic_id(t.name)] = f"{t.name}.degraded"
         self._hdr = np.zeros((batch, 6), dtype=np.int64)
-        self._store: dict[int, tuple[bytes, int]] = {}  # internal id -> (record bytes, record type)
+        # internal id -> (record bytes, record type, input position). Ids grow with the input position and
+        # the dict keeps insertion order, so its first key is the oldest record not yet forwarded.
+        self._store: dict[int, tuple[bytes, int, int]] = {}
         self._packet_of: dict[int, int] = {}  # internal id -> packet id
         self._held: dict[int, int] = {}  # packet id -> internal id, waiting for dependencies
         self._seq = 0
@@ -133,6 +138,8 @@ class SchedulerWorker(Worker):
         work = self._ingest(now_ns)
         work += self._release_causal(now_ns)
         work += self._forward(now_ns)
+        if work:
+            self._release_input()
         if now_ns >= self._next_sweep:
             self._sweep(now_ns)
             self._next_sweep = now_ns + 1_000_000  # 1 ms: queued misses are found within a millisecond
@@ -141,10 +148,13 @@ class SchedulerWorker(Worker):
     def _ingest(self, now_ns: int) -> int:
         if len(self._store) >= self.edf.capacity:
             return 0  # full: leave the rest in the ring (back pressure to publishers)
+        start = self.reader.position
         batch = self.reader.read_batch(min(self.batch, self.edf.capacity - len(self._store)))
         n = batch.count
         if n == 0:
             return 0
+        cap = self.input.capacity_bytes
+        data_off = self.input.data_offset
         c = self.ctx.counters
         try:
             descs = self.reader._desc
@@ -166,7 +176,9 @@ class SchedulerWorker(Worker):
                 self._seq += 1
                 sid = self._seq
                 pid = int(h[X_ID])
-                self._store[sid] = (rec, type_id)
+                # the record's input position, from its offset (a batch spans less than one lap)
+                pos = start + (((off - 16 - data_off) - (start & (cap - 1))) & (cap - 1))
+                self._store[sid] = (rec, type_id, pos)
                 self._packet_of[sid] = pid
                 ndeps = type_id & 0xFFFF
                 if ndeps:
@@ -187,7 +199,7 @@ class SchedulerWorker(Worker):
                 classes.append(self.topic_class.get(int(h[X_TOPIC]) & 0xFFFFFFFFFFFFFFFF, 1))
             c["received"] += n
         finally:
-            batch.release()
+            self._release_input()
         if ids:
             self._push(ids, deadlines, priorities, classes, now_ns)
         return n
@@ -216,7 +228,7 @@ class SchedulerWorker(Worker):
             sid = self._held.pop(pid, None)
             if sid is None:
                 continue
-            rec, _type_id = self._store[sid]
+            rec = self._store[sid][0]
             hw = np.frombuffer(rec, dtype=np.int64, count=8)
             ids.append(sid)
             deadlines.append(int(hw[2]))
@@ -253,7 +265,7 @@ class SchedulerWorker(Worker):
         return done
 
     def _send(self, sid: int, flags: int) -> bool:
-        rec, type_id = self._store[sid]
+        rec, type_id, _pos = self._store[sid]
         if not flags & DeliveryFlags.MISSED:
             ok = self.raw_out.offer(rec, type_id) >= 0
         else:
@@ -305,7 +317,7 @@ class SchedulerWorker(Worker):
         for pid in expired.dead_lettered:
             sid = self._held.pop(pid, None)
             if sid is not None:
-                rec, type_id = self._store[sid]
+                rec, type_id, _pos = self._store[sid]
                 self.dead_letter.offer(rec, type_id & 0x7FFFFFFF)
                 c["dead_lettered"] += 1
                 c["c"][4] += 1
@@ -317,6 +329,11 @@ class SchedulerWorker(Worker):
     def _forget(self, sid: int) -> None:
         self._store.pop(sid, None)
         self._packet_of.pop(sid, None)
+
+    def _release_input(self) -> None:
+        """Hand back the input up to the oldest record not yet forwarded (at-least-once on a crash)."""
+        oldest = next(iter(self._store.values()), None)
+        self.reader._pending_release = self.reader.position if oldest is None else oldest[2]
 
     def parker(self) -> Parker | None:
         # With packets queued, keep stepping (their deadlines and retries need us); else park on input.
