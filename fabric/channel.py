@@ -21,7 +21,7 @@ from fabric import _packet_kernels as _pk
 from fabric import _ring_kernels as K
 from fabric.errors import ClosedResourceError, CodecError, RecordTooLargeError
 from fabric.packet import PacketCodec, PhasePacket, _parse_error
-from fabric.ring import BACK_PRESSURED, RingReader, RingWriter, _entry_point
+from fabric.ring import RingReader, RingWriter, _entry_point, offer_with_wait
 from fabric.timesource import get_time_source
 from shm_layouts.packet import PACKET_HEADER_BYTES
 
@@ -88,27 +88,7 @@ class PacketWriter:
 
     def send(self, packet: PhasePacket, *, timeout_ns: int = 5_000_000_000) -> int:
         """Publish, waiting up to ``timeout_ns`` for room; raises ``TimeoutError`` after."""
-        r = self.offer(packet)
-        if r >= 0:
-            return r
-        clock = get_time_source()
-        start = clock.monotonic_ns()
-        deadline = start + timeout_ns
-        next_reclaim = start + 100_000_000
-        wait = self.writer.wait
-        wait.reset()
-        while True:
-            now = clock.monotonic_ns()
-            if now >= deadline:
-                why = "no room (back-pressured)" if r == BACK_PRESSURED else "no subscriber"
-                raise TimeoutError(f"ring {self.writer._ring.name!r}: {why} for {timeout_ns / 1e9:.3f} s")
-            if now >= next_reclaim:
-                self.writer._ring.reclaim_dead()
-                next_reclaim = now + 100_000_000
-            wait.idle(None)
-            r = self.offer(packet)
-            if r >= 0:
-                return r
+        return offer_with_wait(lambda: self.offer(packet), self.writer._ring, self.writer.wait, timeout_ns)
 
     def close(self) -> None:
         self.writer.close()

@@ -29,9 +29,16 @@ import time
 
 import msgspec
 
+from fabric.timesource import monotonic_ns, now_ns
+
 __all__ = ["main"]
 
 DEFAULT_NAME = os.environ.get("CHRONOFABRIC_NAME", "chronofabric")
+
+
+def _mono() -> float:
+    """Monotonic seconds, from the time source (the only module that reads a clock)."""
+    return monotonic_ns() / 1e9
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -57,8 +64,8 @@ def _wait_state(name: str, want: int, timeout_s: float) -> bool:
     from fabric.control import ControlBlock
     from fabric.errors import FabricError
 
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
+    end = _mono() + timeout_s
+    while _mono() < end:
         try:
             cb = ControlBlock.attach(name, timeout_ns=100_000_000)
         except FabricError:
@@ -150,8 +157,8 @@ def cmd_down(args) -> int:
         print(f"fabric {name!r}: its supervisor was gone; removed {len(left)} stale segments")
         return 0
     os.kill(pid, signal.SIGTERM)
-    end = time.monotonic() + args.timeout
-    while time.monotonic() < end:
+    end = _mono() + args.timeout
+    while _mono() < end:
         if not list_segments(segment_prefix(name)):
             print(f"fabric {name!r} stopped; nothing left in /dev/shm")
             return 0
@@ -218,8 +225,8 @@ def cmd_stat(args) -> int:
                 print(_render(snap, {}))
             return 0
         prev = snapshot(cb, rings)
-        end = None if args.duration is None else time.monotonic() + args.duration
-        while end is None or time.monotonic() < end:
+        end = None if args.duration is None else _mono() + args.duration
+        while end is None or _mono() < end:
             time.sleep(args.interval)
             snap = snapshot(cb, rings)
             if args.json:
@@ -265,14 +272,14 @@ def cmd_attach(args) -> int:
 def _produce(client, args) -> int:
     payload = b"\x00" * args.payload_size
     interval = 1.0 / args.rate if args.rate else 0.0
-    t0 = time.monotonic()
+    t0 = _mono()
     last = t0
     n = 0
     with client.publisher(args.topic, priority=args.priority) as pub:
         while args.count == 0 or n < args.count:
             pub.publish(payload, timeout_ns=int(args.timeout * 1e9))
             n += 1
-            now = time.monotonic()
+            now = _mono()
             if interval:
                 ahead = t0 + n * interval - now
                 if ahead > 0:
@@ -280,7 +287,7 @@ def _produce(client, args) -> int:
             if not args.quiet and now - last >= 0.5:
                 print(f"\rpublished {n} on {args.topic!r} ({n / (now - t0):,.0f}/s)", end="", file=sys.stderr, flush=True)
                 last = now
-    dt = time.monotonic() - t0
+    dt = _mono() - t0
     print(f"\rpublished {n} on {args.topic!r} in {dt:.2f} s ({n / max(dt, 1e-9):,.0f}/s)", file=sys.stderr)
     if args.json:
         print(json.dumps({"published": n, "seconds": dt}))
@@ -288,25 +295,25 @@ def _produce(client, args) -> int:
 
 
 def _consume(client, args) -> int:
-    t0 = time.monotonic()
+    t0 = _mono()
     last = t0
     n = 0
     with client.subscribe(args.topic) as sub:
-        idle_deadline = time.monotonic() + args.idle_timeout
+        idle_deadline = _mono() + args.idle_timeout
         while args.count == 0 or n < args.count:
             batch = sub.receive_batch(256)
             if not batch:
-                if time.monotonic() > idle_deadline:
+                if _mono() > idle_deadline:
                     break
                 sub._reader.reader.wait_readable(timeout_ns=50_000_000)
                 continue
-            idle_deadline = time.monotonic() + args.idle_timeout
+            idle_deadline = _mono() + args.idle_timeout
             n += len(batch)
-            now = time.monotonic()
+            now = _mono()
             if not args.quiet and now - last >= 0.5:
                 print(f"\rreceived {n} on {args.topic!r} ({n / (now - t0):,.0f}/s)", end="", file=sys.stderr, flush=True)
                 last = now
-    dt = time.monotonic() - t0
+    dt = _mono() - t0
     print(f"\rreceived {n} on {args.topic!r} in {dt:.2f} s", file=sys.stderr)
     if args.json:
         print(json.dumps({"received": n, "seconds": dt}))
@@ -370,7 +377,7 @@ def cmd_doctor(args) -> int:
         creator = peek_creator(seg)
         if creator is not None and is_alive(*creator):
             continue
-        if creator is None and time.time() - os.stat(os.path.join(SHM_DIR, seg)).st_mtime < 5:
+        if creator is None and now_ns() / 1e9 - os.stat(os.path.join(SHM_DIR, seg)).st_mtime < 5:
             continue  # being created right now: not stale
         stale.append(seg)
         m = re.match(r"^cf-(.+?)-(control|router-in|scheduler-in|dead-letter|arena|inbox-\d+)$", seg)
@@ -443,8 +450,8 @@ def cmd_demo(args) -> int:
         procs.append(producer)
         cb = ControlBlock.attach(name)
         prev = snapshot(cb, rings)
-        end = time.monotonic() + args.seconds
-        while time.monotonic() < end:
+        end = _mono() + args.seconds
+        while _mono() < end:
             for _ in range(int(args.interval / 0.02)):
                 sup.tick()
                 time.sleep(0.02)

@@ -583,6 +583,34 @@ class Ring:
         return f"<Ring {self.name!r} {self.capacity_bytes} bytes{' closed' if self.closed else ''}>"
 
 
+def offer_with_wait(offer, ring: Ring, wait: WaitStrategy, timeout_ns: int) -> int:
+    """Call ``offer()`` until it returns a position (>= 0), waiting with ``wait`` in between.
+
+    Raises ``TimeoutError`` after ``timeout_ns``. Every 100 ms of back pressure it reclaims
+    the ring's dead subscribers, so a subscriber that died cannot block producers forever.
+    """
+    r = offer()
+    if r >= 0:
+        return r
+    clock = get_time_source()
+    start = clock.monotonic_ns()
+    deadline = start + timeout_ns
+    next_reclaim = start + 100_000_000
+    wait.reset()
+    while True:
+        now = clock.monotonic_ns()
+        if now >= deadline:
+            why = "no room (back-pressured)" if r == BACK_PRESSURED else "no subscriber"
+            raise TimeoutError(f"ring {ring.name!r}: {why} for {timeout_ns / 1e9:.3f} s")
+        if now >= next_reclaim:
+            ring.reclaim_dead()
+            next_reclaim = now + 100_000_000
+        wait.idle(None)
+        r = offer()
+        if r >= 0:
+            return r
+
+
 class Claim:
     """Room for one record, claimed in the ring: fill ``buffer``, then ``commit()`` or ``abort()``."""
 
@@ -733,26 +761,7 @@ class RingWriter:
         Raises ``TimeoutError`` when the deadline passes; a dead subscriber that blocks
         the ring is reclaimed along the way.
         """
-        r = self.offer(data, type_id)
-        if r >= 0:
-            return r
-        clock = get_time_source()
-        start = clock.monotonic_ns()
-        deadline = start + timeout_ns
-        next_reclaim = start + 100_000_000
-        self.wait.reset()
-        while True:
-            now = clock.monotonic_ns()
-            if now >= deadline:
-                why = "no room (back-pressured)" if r == BACK_PRESSURED else "no subscriber"
-                raise TimeoutError(f"ring {self._ring.name!r}: {why} for {timeout_ns / 1e9:.3f} s")
-            if now >= next_reclaim:
-                self._ring.reclaim_dead()
-                next_reclaim = now + 100_000_000
-            self.wait.idle(None)
-            r = self.offer(data, type_id)
-            if r >= 0:
-                return r
+        return offer_with_wait(lambda: self.offer(data, type_id), self._ring, self.wait, timeout_ns)
 
     def try_claim(self, length: int, type_id: int = 0) -> Claim | None:
         """Claim room for a ``length``-byte record to fill in place; None when refused.

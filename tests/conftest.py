@@ -31,14 +31,35 @@ def _is_exempt(proc: psutil.Process) -> bool:
     return any(tag in cmd for tag in _EXEMPT_CMDLINE)
 
 
+def _owner(name: str, family: set[int]) -> str:
+    """Whose leftover is this? ``"ours"``: a ChronoFabric segment created by this run (us, a
+    descendant) or by a process now dead — deleted and reported. ``"foreign"``: a ChronoFabric
+    segment of a live process outside this run (a concurrent run, a running fabric) — left alone.
+    ``"unknown"``: anything else (a peer's resource) — reported, never deleted."""
+    from fabric._process import is_alive
+    from fabric.segment import peek_creator
+
+    try:
+        creator = peek_creator(name)
+    except (ValueError, OSError):
+        return "unknown"
+    if creator is None:
+        return "unknown"
+    pid, start_ms = creator
+    return "ours" if pid in family or not is_alive(pid, start_ms) else "foreign"
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers(request):
-    """Fail the test if it leaves a child process or a /dev/shm entry behind (and clean up)."""
+    """Fail the test if it leaves a child process or a /dev/shm entry behind (and clean up what is ours)."""
     shm_before = shm_entries()
+    family = {os.getpid()}
     yield
     leaked_procs = []
     deadline_s = 5.0
-    for proc in live_children():
+    children = live_children()
+    family.update(p.pid for p in children)
+    for proc in children:
         if _is_exempt(proc):
             continue
         try:
@@ -53,12 +74,17 @@ def no_leftovers(request):
             proc.kill()
         except psutil.NoSuchProcess:
             pass
-    leaked_shm = sorted(shm_entries() - shm_before)
-    for name in leaked_shm:
-        try:
-            os.unlink(os.path.join("/dev/shm", name))
-        except FileNotFoundError:
-            pass
+    leaked_shm = []
+    for name in sorted(shm_entries() - shm_before):
+        owner = _owner(name, family)
+        if owner == "foreign":
+            continue
+        leaked_shm.append(name)
+        if owner == "ours":
+            try:
+                os.unlink(os.path.join("/dev/shm", name))
+            except FileNotFoundError:
+                pass
     problems = []
     if leaked_procs:
         problems.append(f"left processes behind: {[p.pid for p in leaked_procs]}")
