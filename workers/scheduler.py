@@ -20,7 +20,11 @@ scheduler's ring; everything else takes the direct lane to the router. Each step
    ``<topic>.degraded`` or escalated to priority 255 — re-encoded with the flag set,
    and counted in the worker's ``deadline_misses``.
 
-Every hop updates its clock: the scheduler merges each packet's HLC stamp.
+Every hop updates its clock: the scheduler merges each packet's HLC stamp. The time
+oracle (``fabric.oracle``) measures its load (queue depth, arrival rate, service time
+per packet) and its hint for the worker's ``goal`` (latency, balanced, throughput)
+sets how many packets it forwards per step; it always ingests everything waiting, since
+EDF can only order what it has seen.
 
 Counters (stat): ``deadline_misses``; ``dropped`` (policy drops + shed + causal
 drops); ``c = [shed, late, degraded, escalated, causal_timeouts]``.
@@ -40,6 +44,7 @@ from fabric.channel import PacketWriter
 from fabric.config import MISS_POLICIES
 from fabric.deadline import DeadlineScheduler, DeliveryFlags, MissPolicy
 from fabric.hlc import HybridLogicalClock
+from fabric.oracle import OptimizationGoal
 from fabric.packet import FLAG_DEGRADED, FLAG_ESCALATED, FLAG_LATE, PacketCodec, topic_id
 from fabric.wait import Parker
 from shm_layouts.control import RingRole
@@ -88,6 +93,7 @@ class SchedulerWorker(Worker):
         causal_timeout_ms: int = 1000,
         causal_policy: str = "release",
         max_waiting: int = 16384,
+        goal: str = "balanced",
     ) -> None:
         super().__init__(ctx)
         self.batch = batch
@@ -127,6 +133,16 @@ class SchedulerWorker(Worker):
         self._out_flags = np.zeros(batch, dtype=np.int64)
         self._pending: deque[tuple[int, int]] = deque()  # (internal id, flags) popped, not yet forwarded
         self._next_sweep = 0
+        # The time oracle tunes how much the scheduler takes per step from the load it measures.
+        try:
+            self.goal = {"latency": OptimizationGoal.MINIMIZE_LATENCY, "balanced": OptimizationGoal.BALANCED,
+                         "throughput": OptimizationGoal.MAXIMIZE_THROUGHPUT}[goal]
+        except KeyError:
+            raise ValueError("goal must be 'latency', 'balanced' or 'throughput'") from None
+        self.oracle = self.edf.oracle
+        self.take = batch
+        self._arrivals = 0
+        self._next_hint = 0
         logger.info("scheduler: input slot {} at position {}", self.reader.slot, self.reader.position)
         _ = control
 
@@ -135,7 +151,13 @@ class SchedulerWorker(Worker):
     def step(self, now_ns: int) -> int:
         # Deadlines are absolute in fabric time (TimeSource.now_ns), not the loop's monotonic clock.
         now_ns = self.ctx.clock.now_ns()
-        work = self._ingest(now_ns)
+        # Ingest everything waiting (up to capacity): EDF can only order what it has seen.
+        work = 0
+        while True:
+            n = self._ingest(now_ns)
+            work += n
+            if n < self.batch:
+                break
         work += self._release_causal(now_ns)
         work += self._forward(now_ns)
         if work:
@@ -198,6 +220,7 @@ class SchedulerWorker(Worker):
                 priorities.append(int(h[X_PRIORITY]))
                 classes.append(self.topic_class.get(int(h[X_TOPIC]) & 0xFFFFFFFFFFFFFFFF, 1))
             c["received"] += n
+            self._arrivals += n
         finally:
             self._release_input()
         if ids:
@@ -246,7 +269,8 @@ class SchedulerWorker(Worker):
                 return done  # router-in is full: try again next step
             self._pending.popleft()
             done += 1
-        n, n_dropped = self.edf.pop_batch(now_ns, self._out_ids, self._out_flags)
+        t0 = self.ctx.clock.monotonic_ns()
+        n, n_dropped = self.edf.pop_batch(now_ns, self._out_ids, self._out_flags, max_count=self.take)
         c = self.ctx.counters
         if n_dropped:
             c["deadline_misses"] += n_dropped
@@ -262,6 +286,8 @@ class SchedulerWorker(Worker):
                 done += 1
             else:
                 self._pending.append((sid, flags))
+        if n:
+            self.oracle.record("forward", (self.ctx.clock.monotonic_ns() - t0) // n)  # service time per packet
         return done
 
     def _send(self, sid: int, flags: int) -> bool:
@@ -305,6 +331,12 @@ class SchedulerWorker(Worker):
         return self.packet_out.offer(out) >= 0
 
     def _sweep(self, now_ns: int) -> None:
+        if now_ns >= self._next_hint:
+            self.oracle.observe_load(queue_depth=len(self.edf) + len(self._pending), arrivals=self._arrivals, now_ns=now_ns)
+            self._arrivals = 0
+            hint = self.oracle.generate_optimization_hint(self.goal)
+            self.take = max(1, min(hint.batch_size, self.batch))
+            self._next_hint = now_ns + 10_000_000
         report = self.edf.expire(now_ns)
         c = self.ctx.counters
         if report.dropped:
