@@ -16,39 +16,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from fabric._atomics import copy_bytes, data_address, i64_array_at, load_acquire_at, store_release_at, u8_array_at
+from fabric._atomics import copy_bytes, data_address, i64_array_at
 from fabric._jit import jit
-from fabric._ring_kernels import (
-    HDR,
-    RING_CORRUPT,
-    SUBSCRIBER_DROPPED,
-    _claim,
-    _commit_and_check_waiters,
-)
+from fabric._ring_kernels import HDR, _claim, _commit_and_check_waiters
 from shm_layouts.packet import (
     MAX_DEPS,
     PACKET_HEADER_BYTES,
     PACKET_MAGIC,
     PACKET_TYPE,
-    PACKET_TYPE_MASK,
 )
-from shm_layouts.record import PADDING_TYPE
-from shm_layouts.ring import (
-    CFG_CAPACITY,
-    CFG_DATA_OFFSET,
-    CFG_SUBSCRIBERS_OFFSET,
-    CONFIG_OFFSET,
-    P_BYTES,
-    P_RECORDS,
-    PRODUCER_ENTRY_BYTES,
-    PRODUCERS_OFFSET,
-    S_BYTES,
-    S_POSITION,
-    S_RECORDS,
-    S_STATE,
-    STATE_DROPPED,
-    SUBSCRIBER_ENTRY_BYTES,
-)
+from shm_layouts.ring import CFG_CAPACITY, CFG_DATA_OFFSET, CONFIG_OFFSET, P_BYTES, P_RECORDS, PRODUCER_ENTRY_BYTES, PRODUCERS_OFFSET
 
 __all__ = [
     "PARSE_MALFORMED",
@@ -78,14 +55,18 @@ def _read_be(b, i, n):
 
 @jit(inline="always")
 def _read_int(b, i, end):
-    """Read a msgpack integer at ``b[i]``: returns (ok, value as int64 bits, next index)."""
+    """Read a msgpack integer at ``b[i]``: returns (ok, value as int64 bits, next index, negative).
+
+    ``negative`` is True for a negative value of a signed encoding; a uint64 above the
+    int64 range comes back with negative int64 bits and ``negative`` False.
+    """
     if i >= end:
-        return False, np.int64(0), i
+        return False, np.int64(0), i, False
     t = b[i]
     if t <= 0x7F:
-        return True, np.int64(t), i + 1
+        return True, np.int64(t), i + 1, False
     if t >= 0xE0:
-        return True, np.int64(t) - 256, i + 1
+        return True, np.int64(t) - 256, i + 1, True
     if t == 0xCC or t == 0xD0:
         n = 1
     elif t == 0xCD or t == 0xD1:
@@ -95,14 +76,16 @@ def _read_int(b, i, end):
     elif t == 0xCF or t == 0xD3:
         n = 8
     else:
-        return False, np.int64(0), i
+        return False, np.int64(0), i, False
     if i + 1 + n > end:
-        return False, np.int64(0), i
+        return False, np.int64(0), i, False
     raw = _read_be(b, i + 1, n)
     if t >= 0xD0 and n < 8:  # signed narrow: sign-extend
         shift = np.uint64(64 - 8 * n)
-        return True, np.int64(raw << shift) >> np.int64(64 - 8 * n), i + 1 + n
-    return True, np.int64(raw), i + 1 + n
+        v = np.int64(raw << shift) >> np.int64(64 - 8 * n)
+        return True, v, i + 1 + n, v < 0
+    v = np.int64(raw)
+    return True, v, i + 1 + n, t == 0xD3 and v < 0
 
 
 @jit(inline="always")
@@ -135,16 +118,19 @@ def _parse(b, n):
     ok, count, i = _read_len(b, 0, n, 0x90, 0x9F, 0, 0xDC, 0xDD)
     if not ok or count != FIELD_COUNT:
         return PARSE_MALFORMED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
-    ok1, pid, i = _read_int(b, i, n)
-    ok2, hlc, i = _read_int(b, i, n)
-    ok3, source, i = _read_int(b, i, n)
-    ok4, targets, i = _read_int(b, i, n)
-    ok5, priority, i = _read_int(b, i, n)
-    ok6, deadline, i = _read_int(b, i, n)
-    ok7, blob, i = _read_int(b, i, n)
-    ok8, flags, i = _read_int(b, i, n)
+    ok1, pid, i, neg1 = _read_int(b, i, n)
+    ok2, hlc, i, neg2 = _read_int(b, i, n)
+    ok3, source, i, _n3 = _read_int(b, i, n)
+    ok4, targets, i, neg4 = _read_int(b, i, n)
+    ok5, priority, i, _n5 = _read_int(b, i, n)
+    ok6, deadline, i, neg6 = _read_int(b, i, n)
+    ok7, blob, i, _n7 = _read_int(b, i, n)
+    ok8, flags, i, _n8 = _read_int(b, i, n)
     if not (ok1 and ok2 and ok3 and ok4 and ok5 and ok6 and ok7 and ok8):
         return PARSE_MALFORMED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    # id and targets are u64 (no negatives); hlc and deadline are i64 (nothing above 2**63-1)
+    if neg1 or neg4 or (hlc < 0 and not neg2) or (deadline < 0 and not neg6):
+        return PARSE_RANGE, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
     if priority < 0 or priority > 255 or source < 0 or source > 0xFFFFFFFF or blob < 0 or flags < 0 or flags > 255:
         return PARSE_RANGE, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
     ok, tlen, i = _read_len(b, i, n, 0xA0, 0xBF, 0xD9, 0xDA, 0xDB)
@@ -163,8 +149,8 @@ def _parse(b, n):
         return PARSE_RANGE, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
     deps_start = i
     for _ in range(ndeps):
-        ok, _v, i = _read_int(b, i, n)
-        if not ok:
+        ok, _v, i, neg = _read_int(b, i, n)
+        if not ok or neg:
             return PARSE_MALFORMED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
     if i >= n:  # the payload must follow
         return PARSE_MALFORMED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
@@ -185,7 +171,7 @@ def _write_record(dst, b, n, pid, hlc, source, targets, priority, deadline, topi
     hw[7] = blob
     i = deps_start
     for k in range(ndeps):
-        _ok, v, i = _read_int(b, i, n)
+        _ok, v, i, _neg = _read_int(b, i, n)
         hw[8 + k] = v
     copy_bytes(dst + PACKET_HEADER_BYTES + 8 * ndeps, data_address(b), n)
 
@@ -217,7 +203,7 @@ def ring_offer_packet(base, producer, body):
     pw = i64_array_at(base + PRODUCERS_OFFSET + producer * PRODUCER_ENTRY_BYTES, 16)
     pw[P_RECORDS] += 1
     pw[P_BYTES] += length
-    return rec | _commit_and_check_waiters(base, rec)
+    return rec | _commit_and_check_waiters(base, producer, rec)
 
 
 @jit(["int64(ByteArray(uint8, 1, 'C'), Array(uint8, 1, 'C'))", "int64(Bytes(uint8, 1, 'C', readonly=True), Array(uint8, 1, 'C'))"])
@@ -248,72 +234,5 @@ def packet_entry_points() -> dict:
     return table
 
 
-_ = u8_array_at
 
-
-@jit("int64(int64, int64, int64, int64, int64, int64)")
-def ring_poll_packets(base, subscriber, start_pos, release_pos, desc_addr, max_records):
-    """``ring_poll`` for packet records, validating each header in place.
-
-    For record i: ``desc[2+2i], desc[3+2i]`` = the body's start and end offsets in the
-    segment; a malformed record (not a packet type, bad magic, lengths that disagree)
-    is reported as ``-(record_offset) - 1, (type << 32) | length`` for the dead-letter path.
-    Returns the count or a ring code; ``desc[0]`` = the position after the last record.
-    """
-    cfg = i64_array_at(base + CONFIG_OFFSET, 16)
-    cap = cfg[CFG_CAPACITY]
-    mask = cap - 1
-    data_off = cfg[CFG_DATA_OFFSET]
-    data = base + data_off
-    entry = base + cfg[CFG_SUBSCRIBERS_OFFSET] + subscriber * SUBSCRIBER_ENTRY_BYTES
-    sw = i64_array_at(entry, 32)
-    if release_pos >= 0:
-        # SYNC POINT: pairs with producers' acquire-load of positions.
-        store_release_at(entry + S_POSITION * 8, release_pos)
-    if load_acquire_at(entry + S_STATE * 8) == STATE_DROPPED:
-        return SUBSCRIBER_DROPPED
-    desc = i64_array_at(desc_addr, 2 + 2 * max_records)
-    p = start_pos
-    n = 0
-    nbytes = 0
-    while n < max_records:
-        off = p & mask
-        rem = cap - off
-        if rem < HDR:
-            p += rem
-            continue
-        slot = data + off
-        if load_acquire_at(slot) != p:  # SYNC POINT: pairs with the producer's commit store
-            break
-        meta = load_acquire_at(slot + 8)
-        length = meta & 0xFFFFFFFF
-        aligned = (length + 7) & ~7
-        if length < HDR or aligned > rem:
-            desc[0] = p
-            return RING_CORRUPT
-        type_id = meta >> 32
-        if type_id != PADDING_TYPE:
-            payload = length - HDR
-            rec_off = data_off + off + HDR
-            ndeps = type_id & 0xFFFF
-            body = PACKET_HEADER_BYTES + 8 * ndeps
-            ok = (type_id & PACKET_TYPE_MASK) == PACKET_TYPE and payload > body
-            if ok:
-                hw = i64_array_at(slot + HDR, 8)
-                ok = (hw[6] >> 32) == PACKET_MAGIC and (hw[6] & 0xFFFFFFFF) == payload - body and (
-                    (hw[5] >> 48) & 0xFFFF
-                ) == ndeps
-            if ok:
-                desc[2 + 2 * n] = rec_off + body
-                desc[3 + 2 * n] = rec_off + payload
-            else:
-                desc[2 + 2 * n] = -rec_off - 1
-                desc[3 + 2 * n] = (type_id << 32) | payload
-            nbytes += payload
-            n += 1
-        p += aligned
-    desc[0] = p
-    if n > 0:
-        sw[S_RECORDS] += n
-        sw[S_BYTES] += nbytes
-    return n
+from fabric._ring_kernels import ring_poll_packets  # noqa: E402  (re-exported: the packet poll lives with the ring's)

@@ -23,7 +23,7 @@ of producer kernels may carry ``WAKE_FLAG``: the caller must then wake parked
 subscribers with a futex wake (one syscall, only when someone sleeps).
 
 Numba's on-disk cache keys on this file: a change to ``shm_layouts`` must also
-touch this file (and bump ``LAYOUT_VERSION``). Layout touch: 3.
+touch this file (and bump ``LAYOUT_VERSION``). Layout touch: 4.
 """
 
 from __future__ import annotations
@@ -41,13 +41,16 @@ from fabric._atomics import (
     store_release_at,
 )
 from fabric._jit import jit
+from shm_layouts.packet import PACKET_HEADER_BYTES, PACKET_MAGIC, PACKET_TYPE, PACKET_TYPE_MASK
 from shm_layouts.record import PADDING_TYPE, RECORD_HEADER_BYTES
 from shm_layouts.ring import (
     CFG_CAPACITY,
     CFG_DATA_OFFSET,
     CFG_MAX_RECORD,
+    CFG_MAX_PRODUCERS,
     CFG_MAX_SUBSCRIBERS,
     CFG_MULTI_PRODUCER,
+    CFG_SALT,
     CFG_SLOW_POLICY,
     CFG_SUBSCRIBERS_OFFSET,
     CONFIG_OFFSET,
@@ -94,6 +97,7 @@ __all__ = [
     "ring_offer_buf",
     "buffer_entry_points",
     "ring_poll",
+    "ring_poll_packets",
     "ring_park_begin",
     "ring_park_end",
     "ring_stalled_at",
@@ -151,7 +155,12 @@ def add_word(addr, delta):
 
 
 @jit(inline="always")
-def _min_subscriber_position(base, max_subs, subs_off):
+def _min_gate_position(base, max_subs, subs_off, max_prods):
+    """The lowest position producers must not lap: subscribers' cursors and open claims.
+
+    An open claim gates producers even when no subscriber is behind it: lapping it would
+    let its late commit land inside newer records. Returns -1 when no subscriber is joined.
+    """
     lowest = -1
     for s in range(max_subs):
         entry = base + subs_off + s * SUBSCRIBER_ENTRY_BYTES
@@ -160,6 +169,12 @@ def _min_subscriber_position(base, max_subs, subs_off):
             pos = load_acquire_at(entry + S_POSITION * 8)
             if lowest < 0 or pos < lowest:
                 lowest = pos
+    if lowest < 0:
+        return -1
+    for q in range(max_prods):
+        cpos = load_acquire_at(base + PRODUCERS_OFFSET + q * PRODUCER_ENTRY_BYTES + P_CLAIM_POS * 8)
+        if 0 <= cpos < lowest:
+            lowest = cpos
     return lowest
 
 
@@ -206,7 +221,7 @@ def _claim(base, producer, payload_len, type_id):
         pad = 0 if aligned <= rem else rem
         total = pad + aligned
         if t + total > pw[P_MIN_CACHE] + cap:
-            lowest = _min_subscriber_position(base, max_subs, subs_off)
+            lowest = _min_gate_position(base, max_subs, subs_off, cfg[CFG_MAX_PRODUCERS])
             if lowest < 0:
                 pw[P_NOT_CONNECTED] += 1
                 return NOT_CONNECTED
@@ -226,24 +241,26 @@ def _claim(base, producer, payload_len, type_id):
                 continue
         else:
             store_release_at(base + TAIL_OFFSET, t + total)
+        salt = cfg[CFG_SALT]
         if pad >= HDR:
             slot = data + (t & mask)
             store_release_at(slot + 8, (pad & 0xFFFFFFFF) | (PADDING_TYPE << 32))
-            store_release_at(slot, t)  # SYNC POINT: the padding is complete
+            store_release_at(slot, t ^ salt)  # SYNC POINT: the padding is complete
         rec = t + pad
         slot = data + (rec & mask)
         store_release_at(slot + 8, (length & 0xFFFFFFFF) | (type_id << 32))
-        store_release_at(slot, ~rec)  # in progress
+        store_release_at(slot, ~(rec ^ salt))  # in progress
         return rec
 
 
 @jit(inline="always")
-def _commit_and_check_waiters(base, rec):
+def _commit_and_check_waiters(base, producer, rec):
     cfg = i64_array_at(base + _CFG, 16)
     slot = base + cfg[CFG_DATA_OFFSET] + (rec & (cfg[CFG_CAPACITY] - 1))
     # SYNC POINT: the reader's acquire-load of the commit word; the fence then orders this
     # store before the load of `waiters` (pairs with the parker's fetch-add on `waiters`).
-    store_release_at(slot, rec)
+    store_release_at(slot, rec ^ cfg[CFG_SALT])
+    store_release_at(base + PRODUCERS_OFFSET + producer * PRODUCER_ENTRY_BYTES + P_CLAIM_POS * 8, -1)  # no open claim
     fence()
     if load_acquire_at(base + WAKE_OFFSET + WAKE_WAITERS * 8) > 0:
         fetch_add_at(base + WAKE_OFFSET + WAKE_DOORBELL * 8, 1)
@@ -263,18 +280,18 @@ def ring_commit(base, producer, rec, payload_len):
     pw = i64_array_at(base + PRODUCERS_OFFSET + producer * PRODUCER_ENTRY_BYTES, 16)
     pw[P_RECORDS] += 1
     pw[P_BYTES] += payload_len
-    return _commit_and_check_waiters(base, rec)
+    return _commit_and_check_waiters(base, producer, rec)
 
 
-@jit("int64(int64, int64)")
-def ring_abort(base, rec):
+@jit("int64(int64, int64, int64)")
+def ring_abort(base, producer, rec):
     """Turn a claimed record into padding (nothing delivered); returns ``WAKE_FLAG`` or 0."""
     cfg = i64_array_at(base + _CFG, 16)
     slot = base + cfg[CFG_DATA_OFFSET] + (rec & (cfg[CFG_CAPACITY] - 1))
     meta = load_acquire_at(slot + 8)
     length = meta & 0xFFFFFFFF
     store_release_at(slot + 8, (((length + 7) & ~7) & 0xFFFFFFFF) | (PADDING_TYPE << 32))
-    return _commit_and_check_waiters(base, rec)
+    return _commit_and_check_waiters(base, producer, rec)
 
 
 @jit("int64(int64, int64, int64, int64, int64)")
@@ -292,7 +309,7 @@ def ring_offer(base, producer, src_addr, payload_len, type_id):
     pw = i64_array_at(base + PRODUCERS_OFFSET + producer * PRODUCER_ENTRY_BYTES, 16)
     pw[P_RECORDS] += 1
     pw[P_BYTES] += payload_len
-    return rec | _commit_and_check_waiters(base, rec)
+    return rec | _commit_and_check_waiters(base, producer, rec)
 
 
 _BUFFER_SIGNATURES = [
@@ -316,7 +333,7 @@ def ring_offer_buf(base, producer, buf, type_id):
     pw = i64_array_at(base + PRODUCERS_OFFSET + producer * PRODUCER_ENTRY_BYTES, 16)
     pw[P_RECORDS] += 1
     pw[P_BYTES] += n
-    return rec | _commit_and_check_waiters(base, rec)
+    return rec | _commit_and_check_waiters(base, producer, rec)
 
 
 def buffer_entry_points() -> dict:
@@ -347,6 +364,7 @@ def ring_offer_batch(base, producer, src_addr, offsets_addr, lengths_addr, count
     cfg = i64_array_at(base + _CFG, 16)
     data = base + cfg[CFG_DATA_OFFSET]
     mask = cfg[CFG_CAPACITY] - 1
+    salt = cfg[CFG_SALT]
     offsets = i64_array_at(offsets_addr, count)
     lengths = i64_array_at(lengths_addr, count)
     pw = i64_array_at(base + PRODUCERS_OFFSET + producer * PRODUCER_ENTRY_BYTES, 16)
@@ -361,9 +379,10 @@ def ring_offer_batch(base, producer, src_addr, offsets_addr, lengths_addr, count
             break
         slot = data + (rec & mask)
         copy_bytes(slot + HDR, src_addr + offsets[i], n)
-        store_release_at(slot, rec)  # SYNC POINT: reader's acquire of the commit word
+        store_release_at(slot, rec ^ salt)  # SYNC POINT: reader's acquire of the commit word
         nbytes += n
         done += 1
+    store_release_at(base + PRODUCERS_OFFSET + producer * PRODUCER_ENTRY_BYTES + P_CLAIM_POS * 8, -1)
     if done == 0:
         return code
     pw[P_RECORDS] += done
@@ -378,15 +397,9 @@ def ring_offer_batch(base, producer, src_addr, offsets_addr, lengths_addr, count
 # --- subscriber side ------------------------------------------------------------------------
 
 
-@jit("int64(int64, int64, int64, int64, int64, int64)")
-def ring_poll(base, subscriber, start_pos, release_pos, desc_addr, max_records):
-    """Release everything before ``release_pos`` (if >= 0), then find up to ``max_records``.
-
-    Descriptors go to the int64 array at ``desc_addr``: ``desc[0]`` = the position after
-    the last record found; for record i, ``desc[2+2i]`` = the payload's byte offset in the
-    segment and ``desc[3+2i]`` = ``(type << 32) | payload_length``. Padding is skipped.
-    Returns the count, or ``SUBSCRIBER_DROPPED`` / ``RING_CORRUPT``.
-    """
+@jit(inline="always")
+def _poll(base, subscriber, start_pos, release_pos, desc_addr, max_records, packets):
+    """The poll loop of ``ring_poll`` (``packets=False``) and ``ring_poll_packets`` (``True``)."""
     cfg = i64_array_at(base + _CFG, 16)
     cap = cfg[CFG_CAPACITY]
     mask = cap - 1
@@ -400,6 +413,7 @@ def ring_poll(base, subscriber, start_pos, release_pos, desc_addr, max_records):
     if load_acquire_at(entry + S_STATE * 8) == STATE_DROPPED:
         return SUBSCRIBER_DROPPED
     desc = i64_array_at(desc_addr, 2 + 2 * max_records)
+    salt = cfg[CFG_SALT]
     p = start_pos
     n = 0
     nbytes = 0
@@ -410,7 +424,7 @@ def ring_poll(base, subscriber, start_pos, release_pos, desc_addr, max_records):
             p += rem
             continue
         slot = data + off
-        if load_acquire_at(slot) != p:  # SYNC POINT: pairs with the producer's commit store
+        if load_acquire_at(slot) != p ^ salt:  # SYNC POINT: pairs with the producer's commit store
             break
         meta = load_acquire_at(slot + 8)
         length = meta & 0xFFFFFFFF
@@ -420,9 +434,27 @@ def ring_poll(base, subscriber, start_pos, release_pos, desc_addr, max_records):
             return RING_CORRUPT
         type_id = meta >> 32
         if type_id != PADDING_TYPE:
-            desc[2 + 2 * n] = data_off + off + HDR
-            desc[3 + 2 * n] = (type_id << 32) | (length - HDR)
-            nbytes += length - HDR
+            payload = length - HDR
+            rec_off = data_off + off + HDR
+            if not packets:
+                desc[2 + 2 * n] = rec_off
+                desc[3 + 2 * n] = (type_id << 32) | payload
+            else:
+                ndeps = type_id & 0xFFFF
+                body = PACKET_HEADER_BYTES + 8 * ndeps
+                ok = (type_id & PACKET_TYPE_MASK) == PACKET_TYPE and payload > body
+                if ok:
+                    hw = i64_array_at(slot + HDR, 8)
+                    ok = (hw[6] >> 32) == PACKET_MAGIC and (hw[6] & 0xFFFFFFFF) == payload - body and (
+                        (hw[5] >> 48) & 0xFFFF
+                    ) == ndeps
+                if ok:
+                    desc[2 + 2 * n] = rec_off + body
+                    desc[3 + 2 * n] = rec_off + payload
+                else:
+                    desc[2 + 2 * n] = -rec_off - 1
+                    desc[3 + 2 * n] = (type_id << 32) | payload
+            nbytes += payload
             n += 1
         p += aligned
     desc[0] = p
@@ -432,6 +464,29 @@ def ring_poll(base, subscriber, start_pos, release_pos, desc_addr, max_records):
     return n
 
 
+@jit("int64(int64, int64, int64, int64, int64, int64)")
+def ring_poll(base, subscriber, start_pos, release_pos, desc_addr, max_records):
+    """Release everything before ``release_pos`` (if >= 0), then find up to ``max_records``.
+
+    Descriptors go to the int64 array at ``desc_addr``: ``desc[0]`` = the position after
+    the last record found; for record i, ``desc[2+2i]`` = the payload's byte offset in the
+    segment and ``desc[3+2i]`` = ``(type << 32) | payload_length``. Padding is skipped.
+    Returns the count, or ``SUBSCRIBER_DROPPED`` / ``RING_CORRUPT``.
+    """
+    return _poll(base, subscriber, start_pos, release_pos, desc_addr, max_records, False)
+
+
+@jit("int64(int64, int64, int64, int64, int64, int64)")
+def ring_poll_packets(base, subscriber, start_pos, release_pos, desc_addr, max_records):
+    """``ring_poll`` for packet records, validating each fixed header in place.
+
+    For record i: ``desc[2+2i], desc[3+2i]`` = the body's start and end offsets in the
+    segment; a malformed record (not a packet type, bad magic, lengths that disagree)
+    is reported as ``-(record_offset) - 1, (type << 32) | length`` for the dead-letter path.
+    """
+    return _poll(base, subscriber, start_pos, release_pos, desc_addr, max_records, True)
+
+
 @jit(inline="always")
 def _has_record(base, pos):
     cfg = i64_array_at(base + _CFG, 16)
@@ -439,7 +494,7 @@ def _has_record(base, pos):
     off = pos & (cap - 1)
     if cap - off < HDR:
         return True
-    return load_acquire_at(base + cfg[CFG_DATA_OFFSET] + off) == pos
+    return load_acquire_at(base + cfg[CFG_DATA_OFFSET] + off) == pos ^ cfg[CFG_SALT]
 
 
 @jit("int64(int64, int64, int64)")
@@ -488,6 +543,7 @@ def warm_up() -> None:
         ring_offer_batch,
         ring_offer_buf,
         ring_poll,
+        ring_poll_packets,
         ring_park_begin,
         ring_park_end,
         ring_stalled_at,

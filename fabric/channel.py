@@ -164,17 +164,20 @@ class PacketReader:
             self.on_malformed(MalformedRecord(data, type_id, err))
 
     def poll(self, handler: Callable[[PhasePacket], None], limit: int = 256) -> int:
-        """Decode and hand up to ``limit`` packets to ``handler``; returns how many."""
+        """Decode and hand up to ``limit`` packets to ``handler``; returns how many.
+
+        If the handler raises, the packet it raised on is consumed and the ones after it
+        are kept for the next call: nothing later is lost.
+        """
         n = 0
+        if self._pending_at >= len(self._pending) and limit > 0:
+            self._pending = self._decode_batch(limit)
+            self._pending_at = 0
         while self._pending_at < len(self._pending) and n < limit:
             pkt = self._pending[self._pending_at]
             self._pending_at += 1
             handler(pkt)
             n += 1
-        if n < limit:
-            for pkt in self._decode_batch(limit - n):
-                handler(pkt)
-                n += 1
         return n
 
     def receive_batch(self, limit: int = 256) -> list[PhasePacket]:

@@ -135,7 +135,7 @@ def topic_id(topic: str) -> int:
 
 def _enc_hook(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
-        arr = np.ascontiguousarray(obj)
+        arr = obj if obj.flags.c_contiguous else obj.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
         if arr.dtype.hasobject:
             raise TypeError("numpy arrays of Python objects cannot be encoded")
         dt = arr.dtype.str.encode("ascii")
@@ -149,12 +149,18 @@ def _enc_hook(obj: Any) -> Any:
 def _ext_hook(code: int, data: memoryview) -> Any:
     if code != NDARRAY_EXT:
         raise ValueError(f"unknown msgpack extension type {code}")
-    n = data[0]
-    dtype = np.dtype(bytes(data[1 : 1 + n]).decode("ascii"))
-    ndim = data[1 + n]
-    shape_end = 2 + n + 8 * ndim
-    shape = struct.unpack_from(f"<{ndim}Q", data, 2 + n)
-    return np.frombuffer(data[shape_end:], dtype=dtype).reshape(shape).copy()
+    try:
+        n = data[0]
+        dtype = np.dtype(bytes(data[1 : 1 + n]).decode("ascii"))
+        ndim = data[1 + n]
+        shape_end = 2 + n + 8 * ndim
+        shape = struct.unpack_from(f"<{ndim}Q", data, 2 + n)
+        count = int(np.prod(shape, dtype=np.int64)) if ndim else 1
+        if dtype.hasobject or len(data) - shape_end != count * dtype.itemsize:
+            raise ValueError("its data does not match its dtype and shape")
+        return np.frombuffer(data[shape_end:], dtype=dtype).reshape(shape).copy()
+    except (IndexError, struct.error, TypeError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"malformed ndarray extension: {exc}") from exc
 
 
 class PacketCodec:
@@ -200,7 +206,7 @@ class PacketCodec:
             The payload cannot be encoded, or a field is out of range.
         """
         body = self.encode_body(packet)
-        out = np.empty(2 * len(body) + PACKET_HEADER_BYTES, dtype=np.uint8)
+        out = np.empty(PACKET_HEADER_BYTES + 8 * len(packet.deps) + len(body), dtype=np.uint8)
         n = _pk.build_packet_record(body, out)
         if n < 0:
             raise CodecError(_parse_error(n, packet.topic))

@@ -31,6 +31,8 @@ producers forever.
 
 from __future__ import annotations
 
+import secrets
+
 import msgspec
 import numpy as np
 from loguru import logger
@@ -57,6 +59,7 @@ from shm_layouts.ring import (
     CFG_MAX_RECORD,
     CFG_MAX_SUBSCRIBERS,
     CFG_MULTI_PRODUCER,
+    CFG_SALT,
     CFG_SLOW_POLICY,
     CFG_SUBSCRIBERS_OFFSET,
     CONFIG_OFFSET,
@@ -231,6 +234,7 @@ class Ring:
         self.multi_producer = bool(w[cfg + CFG_MULTI_PRODUCER])
         self.slow_subscriber_policy = "drop" if w[cfg + CFG_SLOW_POLICY] == SlowSubscriberPolicy.DROP else "block"
         self.data_offset = int(w[cfg + CFG_DATA_OFFSET])
+        self._salt = int(w[cfg + CFG_SALT])
         self._subs_off = int(w[cfg + CFG_SUBSCRIBERS_OFFSET])
         if self._subs_off != subscribers_offset(self.max_producers) or self.data_offset != data_offset(
             self.max_producers, self.max_subscribers
@@ -256,6 +260,7 @@ class Ring:
         w[c + CFG_SLOW_POLICY] = SlowSubscriberPolicy.DROP if cfg.slow_subscriber_policy == "drop" else 0
         w[c + CFG_DATA_OFFSET] = data_offset(cfg.max_producers, cfg.max_subscribers)
         w[c + CFG_SUBSCRIBERS_OFFSET] = subscribers_offset(cfg.max_producers)
+        w[c + CFG_SALT] = (1 << 62) | secrets.randbits(62)
         for p in range(cfg.max_producers):
             w[(PRODUCERS_OFFSET + p * PRODUCER_ENTRY_BYTES) // 8 + P_CLAIM_POS] = -1
         # Fresh memory is zero, and 0 is the commit word of position 0: fill the data with -1,
@@ -418,6 +423,11 @@ class Ring:
                 continue
             pid = K.read_word(self._producer_addr(p, P_PID))
             if pid and not is_alive(pid, K.read_word(self._producer_addr(p, P_START_MS))):
+                cpos = K.read_word(self._producer_addr(p, P_CLAIM_POS))
+                if cpos >= 0:
+                    # Its open claim gates every producer: turn it into padding (or find it committed).
+                    self.recover_stuck_claim(cpos)
+                    K.publish_word(self._producer_addr(p, P_CLAIM_POS), -1)
                 K.publish_word(self._producer_addr(p, P_STATE), STATE_FREE)
                 K.add_word(self._word_addr(STATS_OFFSET + STAT_RECLAIMED_PRODUCERS * 8), 1)
                 producers += 1
@@ -462,7 +472,7 @@ class Ring:
             pid = K.read_word(self._producer_addr(p, P_PID))
             if state != STATE_FREE and is_alive(pid, K.read_word(self._producer_addr(p, P_START_MS))):
                 return False  # a live producer may still commit: never overwrite it
-        if seen == ~position:
+        if seen == ~(position ^ self._salt):
             meta = K.read_word(commit_addr + 8)
             end = position + align_record(meta & 0xFFFFFFFF)
         else:
@@ -481,9 +491,11 @@ class Ring:
             addr = self.segment.address + self.data_offset + off
             K.publish_word(addr + 8, (length & 0xFFFFFFFF) | (PADDING_TYPE << 32))
             observed = K.read_word(addr)
-            if observed != pos and K.cas_word(addr, observed, pos) == observed:
+            if observed != pos ^ self._salt and K.cas_word(addr, observed, pos ^ self._salt) == observed:
                 recovered += length
             pos += length
+        for p, _, _ in owners:
+            K.publish_word(self._producer_addr(p, P_CLAIM_POS), -1)  # the claim is closed: it gates no one
         if recovered:
             K.add_word(self._word_addr(STATS_OFFSET + STAT_RECOVERED_CLAIMS * 8), 1)
             K.add_word(self._word_addr(STATS_OFFSET + STAT_RECOVERED_BYTES * 8), recovered)
@@ -641,7 +653,7 @@ class Claim:
         self._done = True
         self.buffer.release()
         w = self._writer
-        if K.ring_abort(w._base, self.position) & _WAKE:
+        if K.ring_abort(w._base, w.slot, self.position) & _WAKE:
             w._ring._wake_doorbell()
 
     def __enter__(self) -> "Claim":
@@ -753,6 +765,8 @@ class RingWriter:
         if r >= 0 and r & _WAKE:
             self._ring._wake_doorbell()
             return r & _POS_MASK
+        if r == K.TOO_LARGE:
+            self._raise_too_large(int(lengths.max()), type_id)
         return r
 
     def send(self, data: bytes | bytearray | memoryview | np.ndarray, type_id: int = 0, *, timeout_ns: int = 5_000_000_000) -> int:
@@ -774,6 +788,8 @@ class RingWriter:
             raise RecordTooLargeError(f"record of {length} bytes exceeds the ring's max_record_bytes ({self._max})")
         rec = K.ring_claim(self._base, self.slot, length, type_id)
         if rec < 0:
+            if rec == K.TOO_LARGE:
+                self._raise_too_large(length, type_id)
             return None
         seg = self._ring.segment
         start = self._ring.data_offset + (rec & (self._ring.capacity_bytes - 1)) + RECORD_HEADER_BYTES
@@ -862,6 +878,7 @@ class RingReader:
         self._position_addr = ring._subscriber_addr(slot, S_POSITION)
         self.position = K.read_word(self._position_addr)
         self._pending_release = -1
+        self._outstanding = False  # a read_batch batch is held, not yet released
         self._stall_pos = -1
         self._stall_since_ns = 0
         self.claim_timeout_ns = _CLAIM_TIMEOUT_NS
@@ -882,6 +899,14 @@ class RingReader:
         if n <= 0:
             if n < 0:
                 self._raise_code(n)
+            end = int(self._desc[0])
+            if end > self.position:
+                # It skipped padding and found nothing else: move past it and say so now, or the
+                # padding would gate producers (and look readable to waits) until the next poll —
+                # unless a batch is still held, whose memory must stay ours until it is released.
+                self.position = end
+                if not self._outstanding:
+                    K.publish_word(self._position_addr, end)
             self._check_stall()
         return n
 
@@ -912,6 +937,7 @@ class RingReader:
     def _release_to(self, position: int) -> None:
         # Released lazily: the next poll's kernel call publishes it (one call instead of two).
         self._pending_release = position
+        self._outstanding = False
 
     def poll(self, handler, limit: int = 256) -> int:
         """Call ``handler(view, type_id)`` for up to ``limit`` records; returns how many.
@@ -922,18 +948,36 @@ class RingReader:
         if n == 0:
             return 0
         d = self._desc[: 2 + 2 * n].tolist()
+        start = self.position
         end = d[0]
         mv = self._mv
+        i = 2
         try:
             for i in range(2, 2 + 2 * n, 2):
                 off = d[i]
                 meta = d[i + 1]
                 handler(mv[off : off + (meta & 0xFFFFFFFF)], meta >> 32)
+        except BaseException:
+            # The record the handler failed on is consumed; the ones after it are not.
+            end = self._position_after(start, d[i], d[i + 1] & 0xFFFFFFFF)
+            raise
         finally:
             self.position = end
+            self._outstanding = False  # publishing `end` releases any batch still held, too
             # SYNC POINT: pairs with producers' acquire-load of subscriber positions.
             K.publish_word(self._position_addr, end)
         return n
+
+    def _position_after(self, start: int, payload_offset: int, payload_len: int) -> int:
+        """The ring position just after the record whose payload sits at ``payload_offset``.
+
+        A batch spans less than one lap, so the record's slot and ``start`` fix its position.
+        """
+        ring = self._ring
+        mask = ring.capacity_bytes - 1
+        slot = payload_offset - RECORD_HEADER_BYTES - ring.data_offset
+        pos = start + ((slot - (start & mask)) & mask)
+        return pos + align_record(RECORD_HEADER_BYTES + payload_len)
 
     def read_batch(self, limit: int = 256) -> RecordBatch:
         """Up to ``limit`` records as zero-copy views, held until ``batch.release()``.
@@ -945,6 +989,7 @@ class RingReader:
             return RecordBatch(self, [], 0, self.position)
         d = self._desc[: 2 + 2 * n].tolist()
         self.position = d[0]
+        self._outstanding = True
         return RecordBatch(self, d, n, d[0])
 
     def receive(self, *, timeout_ns: int = 5_000_000_000) -> tuple[bytes, int]:

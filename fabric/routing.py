@@ -56,6 +56,7 @@ from shm_layouts.record import PADDING_TYPE
 from shm_layouts.ring import (
     CFG_CAPACITY,
     CFG_DATA_OFFSET,
+    CFG_SALT,
     CFG_SUBSCRIBERS_OFFSET,
     CONFIG_OFFSET,
     S_POSITION,
@@ -240,6 +241,7 @@ def route_batch(
     if load_acquire_at(entry + S_STATE * 8) == STATE_DROPPED:
         return SUBSCRIBER_DROPPED
     fan = i64_array_at(fanout_addr, 2)
+    salt = cfg[CFG_SALT]
     p = start_pos
     n = 0
     stats[R_BLOCKED] = 0
@@ -251,7 +253,7 @@ def route_batch(
             p += rem
             continue
         slot = data + off
-        if load_acquire_at(slot) != p:  # SYNC POINT: pairs with the producer's commit store
+        if load_acquire_at(slot) != p ^ salt:  # SYNC POINT: pairs with the producer's commit store
             break
         # SYNC POINT: pairs with the subscriber's version bump (seq_cst) before its publishers start.
         if load_acquire_at(version_addr) != table_version:
@@ -274,7 +276,7 @@ def route_batch(
                 dcfg = i64_array_at(dl_base + CONFIG_OFFSET, 16)
                 dst = dl_base + dcfg[CFG_DATA_OFFSET] + (rec & (dcfg[CFG_CAPACITY] - 1))
                 copy_bytes(dst + HDR, src, payload)
-                _commit_and_check_waiters(dl_base, rec)
+                _commit_and_check_waiters(dl_base, dl_slot, rec)
                 stats[R_DEAD_LETTERED] += 1
             else:
                 stats[R_DEAD_DROPPED] += 1
@@ -351,7 +353,7 @@ def route_batch(
             copy_bytes(dst + HDR, src, payload)
             if blob_slot != 0:
                 fetch_or_at(blob_slot + B_HOLDERS * 8, 1 << inbox)  # the inbox holds it before it can be read
-            if _commit_and_check_waiters(base, rec) != 0:
+            if _commit_and_check_waiters(base, inbox_slots[inbox], rec) != 0:
                 stats[R_WAKE_MASK] |= 1 << inbox
             fan[0] = p  # resume point, in case this router dies before the packet is done
             fan[1] = inbox

@@ -7,11 +7,13 @@
     | commit (int64)    | length (int32)   | type (int32)     | payload ...
     +-------------------+------------------+------------------+----------- - -
 
-- ``commit`` is the record's own ring position once the record is complete; it
-  is written last with a release store (the SYNC POINT a reader acquires). While
-  a producer writes, it holds ``~position`` (in progress). A stale value from an
-  earlier lap is never equal to the current position, so readers need no zeroing
-  and several subscribers can read one ring.
+- ``commit`` is ``position ^ salt`` once the record is complete (the ring's salt:
+  bit 62 set, bit 63 clear, 62 random bits). It is written last with a release store
+  (the SYNC POINT a reader acquires). While a producer writes, it holds the bitwise
+  NOT of that (negative: in progress). A stale word from an earlier lap never equals
+  the current commit word — not even when an old payload held the position's bytes,
+  since nobody writes the salt by accident — so readers need no zeroing and several
+  subscribers can read one ring.
 - ``length`` counts header + payload bytes; the next record starts at
   ``position + align8(length)``.
 - ``type`` is the producer's record type; ``PADDING_TYPE`` marks filler that

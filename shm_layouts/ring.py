@@ -52,6 +52,7 @@ __all__ = [
     "CFG_SLOW_POLICY",
     "CFG_DATA_OFFSET",
     "CFG_SUBSCRIBERS_OFFSET",
+    "CFG_SALT",
     "WAKE_WAITERS",
     "WAKE_DOORBELL",
     "STAT_RECOVERED_CLAIMS",
@@ -112,6 +113,7 @@ CFG_MULTI_PRODUCER = 4
 CFG_SLOW_POLICY = 5
 CFG_DATA_OFFSET = 6
 CFG_SUBSCRIBERS_OFFSET = 7
+CFG_SALT = 8  # commit words are `position ^ salt`: bit 62 set, bit 63 clear, the rest random per ring
 
 # WAKE line.
 WAKE_WAITERS = 0  # how many subscribers are parked (or about to park)
