@@ -181,7 +181,8 @@ def _render(snap, rates: dict) -> str:
         lines.append(
             f"{w.name:<12} {w.kind:<11} {w.pid:>7} {','.join(map(str, w.cpus)):<7} {w.state:<10} {w.restarts:>8} "
             f"{w.heartbeat_age_ms:>7.0f} {_fmt_rate(rates.get('worker:' + w.name, 0.0)):>10} {w.received:>11} "
-            f"{w.emitted:>11} {w.deadline_misses:>7} {w.dropped:>8} {w.errors:>6}"
+            f"{w.emitted:>11} {w.deadline_misses:>7} {w.dropped:>8} {w.errors:>6}  "
+            + " ".join(f"{k}={v}" for k, v in w.counters.items() if v)
         )
     lines += ["", f"{'ring':<28} {'role':<12} {'in/s':>10} {'records':>11} {'fill':>6} {'max lag B':>10} "
                   f"{'subs':>4} {'backpr':>8} {'recov':>5}"]

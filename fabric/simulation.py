@@ -188,7 +188,7 @@ class Simulation:
         self._rings: dict[tuple[int, int], Ring] = {}
         self._sup = Supervisor(self.config)
         self._sup.plan = plan_pinning(self.config)
-        self._sup._create_segments()
+        self._sup.create_segments()
         self.control = self._sup.control
         self.workers: list = []
         self.contexts: list[WorkerContext] = []

@@ -15,7 +15,18 @@ from fabric.ring import Ring
 from fabric.timesource import get_time_source
 from shm_layouts.control import MAX_CLIENTS, ClientState, FabricState, RingRole, RowState, WorkerState
 
-__all__ = ["WorkerStat", "RingStat", "TopicStat", "ClientStat", "FabricSnapshot", "snapshot", "rates", "RingReaderMap"]
+# Names of each worker kind's five kind-specific counters (the `c` column of its row).
+KIND_COUNTERS: dict[str, tuple[str, ...]] = {
+    "router": ("unknown_topic", "inbox_gone", "", "", ""),
+    "scheduler": ("shed", "late", "degraded", "escalated", "causal_timeouts"),
+    "drpp": ("samples", "blocks", "events", "te", "streams"),
+    "adp": ("assigned", "completed", "reassigned", "duplicates", "refused"),
+    "egc": ("decisions", "alerts", "level", "rate_limited", "verdicts"),
+    "ems": ("observations", "published", "valence_u", "arousal_u", "decisions"),
+    "accelerator": ("ok", "failed", "cuda", "cpu", "busy_us"),
+}
+
+__all__ = ["KIND_COUNTERS", "WorkerStat", "RingStat", "TopicStat", "ClientStat", "FabricSnapshot", "snapshot", "rates", "RingReaderMap"]
 
 
 class WorkerStat(msgspec.Struct):
@@ -33,7 +44,7 @@ class WorkerStat(msgspec.Struct):
     dead_lettered: int
     deadline_misses: int
     dropped: int
-    counters: list[int]
+    counters: dict[str, int]
 
 
 class RingStat(msgspec.Struct):
@@ -132,7 +143,11 @@ def snapshot(control: ControlBlock, rings: RingReaderMap | None = None) -> Fabri
                     dead_lettered=int(w["dead_lettered"]),
                     deadline_misses=int(w["deadline_misses"]),
                     dropped=int(w["dropped"]),
-                    counters=[int(x) for x in w["c"]],
+                    counters={
+                        name: int(x)
+                        for name, x in zip(KIND_COUNTERS.get(spec.kind, ("c0", "c1", "c2", "c3", "c4")), w["c"])
+                        if name
+                    },
                 )
             )
         ring_stats = []

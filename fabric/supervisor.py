@@ -132,7 +132,7 @@ class Supervisor:
         for note in self.plan.notes:
             logger.info("pinning: {}", note)
         try:
-            self._create_segments()
+            self.create_segments()
             self._spawn_all()
             self._wait_running()
         except BaseException:
@@ -142,7 +142,9 @@ class Supervisor:
         self.control.set_state(FabricState.RUNNING)
         logger.info("fabric {!r} running: {} workers", self.name, len(self.workers))
 
-    def _create_segments(self) -> None:
+    def create_segments(self) -> None:
+        """Create every segment of the fabric without spawning workers (start() calls it; so do the
+        deterministic simulator and in-process test harnesses). ``self.plan`` must be set."""
         cfg = self.config
         f = cfg.fabric
         try:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from fabric.channel import PacketReader, PacketWriter
 from fabric.config import TopologyConfig, WorkerSpec
 from fabric.control import ControlBlock
@@ -105,13 +103,17 @@ class Worker:
         """Finish in-flight work before exit (called repeatedly until it returns 0)."""
         return self.step(now_ns)
 
-    def emit(self, writer: PacketWriter, topic: str, payload: Any, *, priority: int = 0) -> bool:
-        """Publish a packet from this worker (True if the ring took it; refusals are counted)."""
+    def emit(self, writer: PacketWriter, topic: str, payload: Any, *, priority: int = 0, targets: int = 0) -> bool:
+        """Publish a packet from this worker (True if the ring took it; refusals are counted).
+
+        ``targets``: a component bit mask restricting who may receive it (0: every subscriber).
+        """
         pkt = PhasePacket(
             id=self.ctx.next_packet_id(),
             hlc=self.ctx.hlc.tick(),
             source=self.ctx.component,
             priority=priority,
+            targets=targets,
             topic=topic,
             payload=payload,
         )
@@ -124,5 +126,3 @@ class Worker:
     def close(self) -> None:
         pass
 
-
-_ = np
