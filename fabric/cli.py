@@ -199,6 +199,10 @@ def _render(snap, rates: dict) -> str:
             f"{t.name:<20} {_fmt_rate(rates.get('topic:' + t.name, 0.0)):>10} {t.routed:>11} {t.delivered:>11} "
             f"{t.no_subscriber:>8} {t.filtered:>9}"
         )
+    if snap.arena is not None:
+        a = snap.arena
+        lines += ["", f"blob arena: {a.blobs} blobs, {a.bytes_in_use / 2**20:.1f} of {a.capacity_bytes / 2**20:.0f} MiB in use, "
+                      f"{a.allocations} allocated, {a.frees} freed, {a.failures} refused (no room)"]
     if snap.clients:
         lines += ["", f"{'client':<8} {'pid':>7} {'published':>11} {'received':>11} {'refused':>8} {'malformed':>9}"]
         for c in snap.clients:

@@ -26,7 +26,7 @@ KIND_COUNTERS: dict[str, tuple[str, ...]] = {
     "accelerator": ("ok", "failed", "cuda", "cpu", "busy_us"),
 }
 
-__all__ = ["KIND_COUNTERS", "WorkerStat", "RingStat", "TopicStat", "ClientStat", "FabricSnapshot", "snapshot", "rates", "RingReaderMap"]
+__all__ = ["ArenaStat", "KIND_COUNTERS", "WorkerStat", "RingStat", "TopicStat", "ClientStat", "FabricSnapshot", "snapshot", "rates", "RingReaderMap"]
 
 
 class WorkerStat(msgspec.Struct):
@@ -79,6 +79,15 @@ class ClientStat(msgspec.Struct):
     malformed: int
 
 
+class ArenaStat(msgspec.Struct):
+    capacity_bytes: int
+    bytes_in_use: int
+    blobs: int
+    allocations: int
+    frees: int
+    failures: int
+
+
 class FabricSnapshot(msgspec.Struct):
     name: str
     state: str
@@ -90,6 +99,7 @@ class FabricSnapshot(msgspec.Struct):
     rings: list[RingStat]
     topics: list[TopicStat]
     clients: list[ClientStat]
+    arena: ArenaStat | None = None
 
 
 class RingReaderMap:
@@ -97,6 +107,7 @@ class RingReaderMap:
 
     def __init__(self) -> None:
         self.rings: dict[str, Ring] = {}
+        self._arena = None
 
     def get(self, name: str) -> Ring | None:
         ring = self.rings.get(name)
@@ -107,10 +118,25 @@ class RingReaderMap:
                 return None
         return ring
 
+    def arena(self, name: str):
+        """The blob arena, attached once (None if it cannot be)."""
+        from fabric.arena import BlobArena
+
+        a = self._arena
+        if a is None:
+            try:
+                a = self._arena = BlobArena.attach(name, timeout_ns=200_000_000)
+            except FabricError:
+                return None
+        return a
+
     def close(self) -> None:
         for r in self.rings.values():
             r.close()
         self.rings.clear()
+        if self._arena is not None:
+            self._arena.close()
+            self._arena = None
 
 
 def snapshot(control: ControlBlock, rings: RingReaderMap | None = None) -> FabricSnapshot:
@@ -151,7 +177,11 @@ def snapshot(control: ControlBlock, rings: RingReaderMap | None = None) -> Fabri
                 )
             )
         ring_stats = []
+        arena = None
         for role, _index, name in control.ring_rows():
+            if role == RingRole.ARENA:
+                arena = rings.arena(name)
+                continue
             ring = rings.get(name)
             if ring is None:
                 continue
@@ -208,6 +238,9 @@ def snapshot(control: ControlBlock, rings: RingReaderMap | None = None) -> Fabri
             rings=ring_stats,
             topics=topics,
             clients=clients,
+            arena=None
+            if arena is None
+            else ArenaStat(**{f: getattr(arena.statistics(), f) for f in ArenaStat.__struct_fields__}),
         )
     finally:
         if own:
