@@ -50,7 +50,10 @@ def _config(args) -> "TopologyConfig":  # noqa: F821
     if getattr(args, "config", None):
         cfg = load_config(args.config)
         if args.name:
+            from fabric.config import validate_topology
+
             cfg = msgspec.structs.replace(cfg, fabric=msgspec.structs.replace(cfg.fabric, name=args.name))
+            validate_topology(cfg, source="--name")
         return cfg
     return default_topology(args.name or DEFAULT_NAME)
 
@@ -124,10 +127,17 @@ def cmd_up(args) -> int:
     from fabric.supervisor import Supervisor
 
     sup = Supervisor(cfg, log_level=args.log_level)
+
+    def _abort_start(*_):
+        raise SystemExit(_fail("stopped during start-up", 143))
+
+    previous = signal.signal(signal.SIGTERM, _abort_start)  # start() cleans up on any exception
     try:
         sup.start()
     except FabricError as exc:
         return _fail(str(exc))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"fabric {name!r} running: {len(cfg.workers)} workers; Ctrl-C or `chronofabric down --name {name}` stops it",
           file=sys.stderr)
     sup.run(duration_ns=None if args.duration is None else int(args.duration * 1e9))

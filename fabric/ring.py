@@ -304,6 +304,7 @@ class Ring:
         if durable:
             K.publish_word(self._subscriber_addr(slot, S_DURABLE), 1)
         h = RingReader(self, slot, wait or default_wait_strategy(), batch_records)
+        h.durable = durable
         self._handles.add(h)
         return h
 
@@ -569,11 +570,18 @@ class Ring:
         return self.segment.closed
 
     def close(self) -> None:
-        """Close every writer and reader handed out, then unmap (idempotent)."""
+        """Close every writer and reader handed out, then unmap (idempotent).
+
+        A durable reader is only detached (its slot and position stay for the worker's
+        successor); call its ``close()`` first to give the slot up on purpose.
+        """
         if self.segment.closed:
             return
         for h in list(self._handles):
-            h.close()
+            if isinstance(h, RingReader) and h.durable:
+                h.detach()
+            else:
+                h.close()
         self.segment.close()
 
     def destroy(self) -> None:
@@ -883,6 +891,7 @@ class RingReader:
         self._stall_since_ns = 0
         self.claim_timeout_ns = _CLAIM_TIMEOUT_NS
         self._closed = False
+        self.durable = False
         self._parker = _RingParker(self)
         self._kernel = _entry_point(K.ring_poll)
 
@@ -1045,6 +1054,14 @@ class RingReader:
             if s.slot == self.slot:
                 return s
         raise BrokenResourceError("this reader's slot is not in the ring's table")
+
+    def detach(self) -> None:
+        """Stop using this reader but keep its (durable) slot and position for a successor to adopt."""
+        if self._closed:
+            return
+        self._closed = True
+        self._mv.release()
+        self._ring._handles.discard(self)
 
     def close(self) -> None:
         """Give the subscriber slot back (idempotent); producers stop waiting for it."""

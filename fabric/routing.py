@@ -7,7 +7,8 @@ binary search, applies each subscription's predicate on the header (minimum
 priority, source, target bits — and the packet's own target mask), and copies the
 record into every matching inbox ring. It never decodes a body.
 
-Back pressure: when an inbox is full the kernel stops *inside* the packet's
+The input position is released after every routed packet (one store to the
+router's own line), and when an inbox is full the kernel stops *inside* the packet's
 fan-out and records how far it got (``fanout_pos``, ``fanout_ring``) in the
 router's row of the control block; the next call — or a restarted router —
 resumes there, delivering to the remaining inboxes only. A packet for a topic
@@ -370,6 +371,9 @@ def route_batch(
         fan[0] = -1
         p += aligned
         n += 1
+        # Released after every packet, not once per batch: a router killed mid-batch then
+        # resumes right after the last packet it finished, and delivers nothing twice.
+        store_release_at(entry + S_POSITION * 8, p)
     if p != start_pos:
         # SYNC POINT: releases the input records to their producers (pairs with their acquire).
         store_release_at(entry + S_POSITION * 8, p)

@@ -32,7 +32,7 @@ from loguru import logger
 from fabric._process import is_alive
 from fabric.config import TopologyConfig
 from fabric.control import ControlBlock, control_segment_name, ring_segment_name, segment_prefix
-from fabric.errors import FabricAlreadyRunningError, FabricError, SegmentExistsError
+from fabric.errors import FabricAlreadyRunningError, FabricError, SegmentExistsError, VersionMismatchError
 from fabric.pinning import PinPlan, cpus_to_mask, plan_pinning
 from fabric.ring import Ring, RingConfig
 from fabric.segment import list_segments, unlink_segment
@@ -61,29 +61,37 @@ def warm_kernels() -> None:
 def reclaim_stale_fabric(fabric: str) -> list[str]:
     """Unlink the segments of a fabric whose supervisor is dead; returns their names.
 
-    Raises ``FabricAlreadyRunningError`` when a live supervisor runs it.
+    Liveness comes from the control segment's header (its creator's pid and start time),
+    not from attaching to it: a live fabric of another layout version, or one still
+    starting, is never mistaken for a stale one.
+
+    Raises ``FabricAlreadyRunningError`` when its supervisor lives.
     """
+    from fabric.segment import peek_creator
+
     prefix = segment_prefix(fabric)
     names = list_segments(prefix)
     if not names:
         return []
-    if control_segment_name(fabric) in names:
+    creator = peek_creator(control_segment_name(fabric)) if control_segment_name(fabric) in names else None
+    if creator is not None and is_alive(*creator):
+        detail = ""
         try:
-            cb = ControlBlock.attach(fabric, timeout_ns=200_000_000)
+            ControlBlock.attach(fabric, timeout_ns=100_000_000).close()
+        except VersionMismatchError as exc:
+            detail = f"; it runs another layout version ({exc}): stop it with the chronofabric that started it"
         except FabricError:
-            cb = None  # half-created or foreign: it is stale either way
-        if cb is not None:
-            try:
-                if cb.supervisor_alive():
-                    raise FabricAlreadyRunningError(
-                        f"fabric {fabric!r} is already running (supervisor pid {cb.supervisor_pid}); "
-                        f"stop it with `chronofabric down --name {fabric}` or pick another --name"
-                    )
-            finally:
-                cb.close()
+            detail = "; it is still starting"
+        raise FabricAlreadyRunningError(
+            f"fabric {fabric!r} is already running (supervisor pid {creator[0]}){detail}; "
+            f"stop it with `chronofabric down --name {fabric}` or pick another --name"
+        )
     for n in names:
+        owner = peek_creator(n)
+        if owner is not None and is_alive(*owner):
+            continue  # a live process made it (e.g. a fabric starting right now): not ours to remove
         unlink_segment(n)
-    logger.warning("reclaimed {} stale segments of fabric {!r}", len(names), fabric)
+    logger.warning("reclaimed the stale segments of fabric {!r}", fabric)
     return names
 
 
@@ -316,8 +324,14 @@ class Supervisor:
             self._last_reclaim_ns = now
             for client, inboxes in cb.reclaim_dead_clients():
                 held = self.arena.release_client(client_component(client), inboxes) if self.arena is not None else 0
+                for ring in self._inbox_rings(inboxes):
+                    ring.reclaim_dead()  # its subscriber slot there would gate the router forever
                 logger.info("reclaimed dead client row {} (and {} blob holds)", client, held)
         self._drain_dead_letters()
+
+    def _inbox_rings(self, mask: int) -> list[Ring]:
+        names = {self.control.ring_name(RingRole.INBOX, i) for i in range(64) if mask >> i & 1}
+        return [r for r in self.rings if r.name in names]
 
     def _worker_died(self, wp: WorkerProcess, code: int, now: int) -> None:
         cb = self.control

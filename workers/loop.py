@@ -30,6 +30,7 @@ __all__ = ["run_worker", "main"]
 EXIT_STOPPED = 0
 EXIT_SUPERVISOR_GONE = 3
 EXIT_FAILED = 4
+EXIT_INTERRUPTED = 130
 
 
 def _pin(cpus: list[int]) -> None:
@@ -46,6 +47,7 @@ def run_worker(fabric: str, row: int) -> int:
     ctx = None
     worker = None
     counters = None
+    stopped = False  # a requested stop: only then give durable slots up
     try:
         spec_name = control.workers[row]["name"].decode()
         cfg = control.config()
@@ -73,6 +75,7 @@ def run_worker(fabric: str, row: int) -> int:
                 if int(counters["state"]) == WorkerState.STOPPING or control.state == FabricState.STOPPING:
                     _drain(worker, clock, cfg.fabric.drain_timeout_ms * 1_000_000)
                     logger.info("worker {} stopped on request", spec.name)
+                    stopped = True
                     return EXIT_STOPPED
                 if beats % sup_check_every == 0 and not control.supervisor_alive():
                     logger.error("worker {}: supervisor is gone; exiting", spec.name)
@@ -83,13 +86,18 @@ def run_worker(fabric: str, row: int) -> int:
                 wait.reset()
             else:
                 wait.idle(worker.parker(), max_park_ns=hb_ns // 2)
+    except KeyboardInterrupt:
+        logger.warning("worker row {} interrupted", row)
+        return EXIT_INTERRUPTED
     except Exception:
         logger.exception("worker row {} failed", row)
         if control.workers is not None:
             control.workers[row]["errors"] += 1
         return EXIT_FAILED
     finally:
-        if worker is not None:
+        # On a requested stop the worker closes (durable slots are given up: the fabric is
+        # stopping). On a failure it must not: its successor adopts those slots and resumes.
+        if worker is not None and stopped:
             worker.close()
         if ctx is not None:
             ctx.close()

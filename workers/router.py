@@ -43,6 +43,22 @@ from workers.base import Worker, WorkerContext
 
 __all__ = ["RouterWorker"]
 
+
+class _Backoff:
+    """A parker that sleeps 50 us, doubling to 1 ms, while the router is blocked by a full inbox."""
+
+    def __init__(self) -> None:
+        self.delay_ns = 50_000
+
+    def reset(self) -> None:
+        self.delay_ns = 50_000
+
+    def park(self, timeout_ns: int) -> None:
+        import time
+
+        time.sleep(min(self.delay_ns, timeout_ns) / 1e9)
+        self.delay_ns = min(self.delay_ns * 2, 1_000_000)
+
 _TOPIC_FIELDS = ((T_ROUTED, "routed"), (T_DELIVERED, "delivered"), (T_NO_SUBSCRIBER, "no_subscriber"), (T_FILTERED, "filtered"), (T_BYTES, "bytes"))
 
 
@@ -80,6 +96,7 @@ class RouterWorker(Worker):
         self.table: RouteTable | None = None
         self._next_publish_ns = 0
         self._progress = False
+        self._backoff = _Backoff()
         self._version_addr = control.segment.address + FABRIC_OFFSET + FABRIC_DTYPE.fields["subscriptions_version"][1]
         self._refresh_routes()
         logger.info(
@@ -157,6 +174,8 @@ class RouterWorker(Worker):
             for i in range(len(self.inbox_bases)):
                 if wake >> i & 1:
                     futex_wake(int(self.inbox_bases[i]) + WAKE_OFFSET + WAKE_DOORBELL * 8)
+        if progressed:
+            self._backoff.reset()
         if not progressed:
             if now_ns >= self._next_publish_ns:
                 self._publish_counters()
@@ -194,7 +213,9 @@ class RouterWorker(Worker):
         t.topic_stats[:] = 0
 
     def parker(self) -> Parker | None:
-        return self.reader._parker
+        # Blocked by a full inbox, the input still has data: parking on it would return at once.
+        # Back off instead (50 us doubling to 1 ms) until the subscriber makes room.
+        return self._backoff if self.stats[R_BLOCKED] else self.reader._parker
 
     def drain(self, now_ns: int) -> int:
         n = self.step(now_ns)
