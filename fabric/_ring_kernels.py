@@ -23,7 +23,7 @@ of producer kernels may carry ``WAKE_FLAG``: the caller must then wake parked
 subscribers with a futex wake (one syscall, only when someone sleeps).
 
 Numba's on-disk cache keys on this file: a change to ``shm_layouts`` must also
-touch this file (and bump ``LAYOUT_VERSION``). Layout touch: 4.
+touch this file (and bump ``LAYOUT_VERSION``). Layout touch: 5.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ from shm_layouts.ring import (
     PRODUCERS_OFFSET,
     S_BYTES,
     S_DROPPED,
+    S_PARKED,
     S_POSITION,
     S_RECORDS,
     S_STATE,
@@ -171,9 +172,22 @@ def _min_gate_position(base, max_subs, subs_off, max_prods):
                 lowest = pos
     if lowest < 0:
         return -1
+    cfg = i64_array_at(base + _CFG, 16)
+    cap = cfg[CFG_CAPACITY]
+    data = base + cfg[CFG_DATA_OFFSET]
+    salt = cfg[CFG_SALT]
     for q in range(max_prods):
         cpos = load_acquire_at(base + PRODUCERS_OFFSET + q * PRODUCER_ENTRY_BYTES + P_CLAIM_POS * 8)
         if 0 <= cpos < lowest:
+            # A claim record is stale (its producer lost the tail race, or was preempted before
+            # clearing it) when the slot's word shows that position committed, or any later lap
+            # there: only "in progress at exactly this position" (or an older lap) still gates.
+            off = cpos & (cap - 1)
+            if cap - off >= HDR:
+                w = load_acquire_at(data + off)
+                at = (w ^ salt) if w >= 0 else ((~w) ^ salt)
+                if (w >= 0 and at >= cpos) or (w < 0 and at > cpos):
+                    continue
             lowest = cpos
     return lowest
 
@@ -228,9 +242,10 @@ def _claim(base, producer, payload_len, type_id):
             pw[P_MIN_CACHE] = lowest
             if t + total > lowest + cap:
                 if cfg[CFG_SLOW_POLICY] == _POLICY_DROP:
-                    _drop_laggards(base, max_subs, subs_off, t + total - cap)
-                    pw[P_MIN_CACHE] = 0
-                    continue
+                    if _drop_laggards(base, max_subs, subs_off, t + total - cap) > 0:
+                        pw[P_MIN_CACHE] = 0
+                        continue
+                    # Nothing to drop: an open claim is what holds us back. Never spin here.
                 pw[P_BACK_PRESSURED] += 1
                 return BACK_PRESSURED
         # Recovery needs to know whose claim a stuck position belongs to: say so before claiming.
@@ -238,6 +253,9 @@ def _claim(base, producer, payload_len, type_id):
         store_release_at(prod + P_CLAIM_POS * 8, t)
         if multi != 0:
             if compare_exchange_at(base + TAIL_OFFSET, t, t + total) != t:
+                # Lost the race: `t` is the winner's claim, not ours; a stale record of it would
+                # gate every producer once the tail is a capacity past it.
+                store_release_at(prod + P_CLAIM_POS * 8, -1)
                 continue
         else:
             store_release_at(base + TAIL_OFFSET, t + total)
@@ -512,13 +530,17 @@ def ring_park_begin(base, subscriber, pos):
     if _has_record(base, pos) or load_acquire_at(entry + S_STATE * 8) == STATE_DROPPED:
         fetch_add_at(base + WAKE_OFFSET + WAKE_WAITERS * 8, -1)
         return -1
+    store_release_at(entry + S_PARKED * 8, 1)  # so reclaim can uncount us if we die asleep
     return bell & 0xFFFFFFFF
 
 
-@jit("void(int64)")
-def ring_park_end(base):
+@jit("void(int64, int64)")
+def ring_park_end(base, subscriber):
     """Leave the sleeping state entered by ``ring_park_begin``."""
-    fetch_add_at(base + WAKE_OFFSET + WAKE_WAITERS * 8, -1)
+    cfg = i64_array_at(base + _CFG, 16)
+    entry = base + cfg[CFG_SUBSCRIBERS_OFFSET] + subscriber * SUBSCRIBER_ENTRY_BYTES
+    if compare_exchange_at(entry + S_PARKED * 8, 1, 0) == 1:
+        fetch_add_at(base + WAKE_OFFSET + WAKE_WAITERS * 8, -1)
 
 
 @jit("int64(int64, int64)")

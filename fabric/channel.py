@@ -64,8 +64,11 @@ class PacketWriter:
         RecordTooLargeError
             The encoded packet exceeds the ring's record limit.
         """
-        if self.writer._closed:
+        w = self.writer
+        if w._closed:
             raise ClosedResourceError("writer is closed")
+        if w._claim is not None:
+            w._check_no_claim()
         buf = self._scratch
         try:
             self._encode_into(packet, buf)

@@ -40,6 +40,7 @@ __all__ = [
     "FabricNotRunningError",
     "FabricAlreadyRunningError",
     "UnknownTopicError",
+    "ClaimPendingError",
 ]
 
 
@@ -121,6 +122,10 @@ class FabricNotRunningError(AttachError):
 
 class FabricAlreadyRunningError(AttachError):
     """A live fabric of that name is already running."""
+
+
+class ClaimPendingError(FabricError):
+    """This writer holds an open claim: commit or abort it before offering or claiming again."""
 
 
 class UnknownTopicError(FabricError, KeyError):

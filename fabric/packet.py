@@ -18,6 +18,7 @@ Codecs are reused: one ``PacketCodec`` per writer or reader, never one per messa
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -155,7 +156,7 @@ def _ext_hook(code: int, data: memoryview) -> Any:
         ndim = data[1 + n]
         shape_end = 2 + n + 8 * ndim
         shape = struct.unpack_from(f"<{ndim}Q", data, 2 + n)
-        count = int(np.prod(shape, dtype=np.int64)) if ndim else 1
+        count = math.prod(shape)  # Python ints: a garbage shape cannot overflow
         if dtype.hasobject or len(data) - shape_end != count * dtype.itemsize:
             raise ValueError("its data does not match its dtype and shape")
         return np.frombuffer(data[shape_end:], dtype=dtype).reshape(shape).copy()

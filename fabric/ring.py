@@ -43,13 +43,14 @@ from fabric._process import is_alive, self_identity
 from fabric.errors import (
     BrokenResourceError,
     CapacityError,
+    ClaimPendingError,
     ClosedResourceError,
     RecordTooLargeError,
     SubscriberDroppedError,
 )
 from fabric.segment import Segment
 from fabric.timesource import get_time_source
-from fabric.wait import WaitStrategy, default_wait_strategy
+from fabric.wait import BackoffParker, WaitStrategy, default_wait_strategy
 from shm_layouts.header import SegmentKind
 from shm_layouts.record import PADDING_TYPE, RECORD_HEADER_BYTES, align_record
 from shm_layouts.ring import (
@@ -81,6 +82,7 @@ from shm_layouts.ring import (
     S_BYTES,
     S_DROPPED,
     S_DURABLE,
+    S_PARKED,
     S_PID,
     S_POSITION,
     S_RECORDS,
@@ -406,6 +408,8 @@ class Ring:
         K.publish_word(self._producer_addr(slot, P_STATE), STATE_FREE)
 
     def _release_subscriber_slot(self, slot: int) -> None:
+        if K.cas_word(self._subscriber_addr(slot, S_PARKED), 1, 0) == 1:
+            K.add_word(self._word_addr(WAKE_OFFSET + WAKE_WAITERS * 8), -1)  # it died asleep: uncount it
         addr = self._subscriber_addr(slot, S_STATE)
         state = K.read_word(addr)
         if state in (STATE_ACTIVE, STATE_JOINING) and K.cas_word(addr, state, STATE_FREE) == state:
@@ -421,6 +425,10 @@ class Ring:
         producers = subscribers = 0
         for p in range(self.max_producers):
             if K.read_word(self._producer_addr(p, P_STATE)) == STATE_FREE:
+                cpos = K.read_word(self._producer_addr(p, P_CLAIM_POS))
+                if cpos >= 0:  # a free slot still recording a claim: close it, it gates everyone
+                    self.recover_stuck_claim(cpos)
+                    K.publish_word(self._producer_addr(p, P_CLAIM_POS), -1)
                 continue
             pid = K.read_word(self._producer_addr(p, P_PID))
             if pid and not is_alive(pid, K.read_word(self._producer_addr(p, P_START_MS))):
@@ -616,6 +624,7 @@ def offer_with_wait(offer, ring: Ring, wait: WaitStrategy, timeout_ns: int) -> i
     start = clock.monotonic_ns()
     deadline = start + timeout_ns
     next_reclaim = start + 100_000_000
+    backoff = BackoffParker()  # nobody rings a producer's doorbell: park by sleeping, not spinning
     wait.reset()
     while True:
         now = clock.monotonic_ns()
@@ -625,7 +634,7 @@ def offer_with_wait(offer, ring: Ring, wait: WaitStrategy, timeout_ns: int) -> i
         if now >= next_reclaim:
             ring.reclaim_dead()
             next_reclaim = now + 100_000_000
-        wait.idle(None)
+        wait.idle(backoff, max_park_ns=deadline - now)
         r = offer()
         if r >= 0:
             return r
@@ -652,6 +661,7 @@ class Claim:
         w = self._writer
         if K.ring_commit(w._base, w.slot, self.position, n) & _WAKE:
             w._ring._wake_doorbell()
+        w._claim_ended()
         return self.position
 
     def abort(self) -> None:
@@ -663,6 +673,7 @@ class Claim:
         w = self._writer
         if K.ring_abort(w._base, w.slot, self.position) & _WAKE:
             w._ring._wake_doorbell()
+        w._claim_ended()
 
     def __enter__(self) -> "Claim":
         return self
@@ -695,6 +706,8 @@ class RingWriter:
         self._base = ring.segment.address
         self._max = ring.max_record_bytes
         self._entry = K.buffer_entry_points()
+        self._entry_open = self._entry
+        self._claim: Claim | None = None
         self._closed = False
 
     def offer(self, data: bytes | bytearray | memoryview | np.ndarray, type_id: int = 0) -> int:
@@ -728,6 +741,7 @@ class RingWriter:
     def _offer_other(self, data, type_id: int) -> int:
         if self._closed:
             raise ClosedResourceError("writer is closed")
+        self._check_no_claim()
         arr = data.view(np.uint8).ravel() if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
         if not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr)
@@ -740,6 +754,13 @@ class RingWriter:
         if r == K.TOO_LARGE:
             self._raise_too_large(len(arr), type_id)
         return r
+
+    def _check_no_claim(self) -> None:
+        if self._claim is not None:
+            raise ClaimPendingError(
+                f"this writer holds an open claim at position {self._claim.position}: commit or abort it first "
+                "(one open claim per writer; use another writer to claim concurrently)"
+            )
 
     def _raise_too_large(self, length: int, type_id: int):
         if not 0 <= type_id < 2**31:
@@ -754,6 +775,7 @@ class RingWriter:
         """
         if self._closed:
             raise ClosedResourceError("writer is closed")
+        self._check_no_claim()
         if buffer.dtype != np.uint8 or buffer.ndim != 1 or not buffer.flags.c_contiguous:
             raise TypeError("buffer must be a C-contiguous 1-D uint8 array")
         offsets = np.ascontiguousarray(offsets, dtype=np.int64)
@@ -792,6 +814,7 @@ class RingWriter:
         """
         if self._closed:
             raise ClosedResourceError("writer is closed")
+        self._check_no_claim()
         if not 0 <= length <= self._max:
             raise RecordTooLargeError(f"record of {length} bytes exceeds the ring's max_record_bytes ({self._max})")
         rec = K.ring_claim(self._base, self.slot, length, type_id)
@@ -801,7 +824,16 @@ class RingWriter:
             return None
         seg = self._ring.segment
         start = self._ring.data_offset + (rec & (self._ring.capacity_bytes - 1)) + RECORD_HEADER_BYTES
-        return Claim(self, rec, memoryview(seg.u8)[start : start + length])
+        claim = Claim(self, rec, memoryview(seg.u8)[start : start + length])
+        self._claim = claim
+        self._entry_open = self._entry
+        self._entry = {}  # offers go through the checked path (and refuse) until the claim ends
+        return claim
+
+    def _claim_ended(self) -> None:
+        self._claim = None
+        if not self._closed:
+            self._entry = self._entry_open
 
     def statistics(self) -> ProducerStatistics:
         for p in self._ring.statistics().producers:
@@ -813,6 +845,8 @@ class RingWriter:
         """Give the producer slot back (idempotent)."""
         if self._closed:
             return
+        if self._claim is not None and not self._ring.closed:
+            self._claim.abort()  # an open claim left behind would gate every producer for good
         self._closed = True
         self._entry = {}
         if not self._ring.closed:
@@ -1041,7 +1075,7 @@ class RingReader:
         return K.ring_park_begin(self._base, self.slot, self.position) < 0 or self._park_undo()
 
     def _park_undo(self) -> bool:
-        K.ring_park_end(self._base)
+        K.ring_park_end(self._base, self.slot)
         return False
 
     @property
@@ -1103,4 +1137,4 @@ class _RingParker:
         try:
             futex_wait(r._base + WAKE_OFFSET + WAKE_DOORBELL * 8, bell, timeout_ns)
         finally:
-            K.ring_park_end(r._base)
+            K.ring_park_end(r._base, r.slot)

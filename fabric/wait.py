@@ -32,6 +32,7 @@ __all__ = [
     "YieldWait",
     "BlockWait",
     "AdaptiveWait",
+    "BackoffParker",
     "default_wait_strategy",
     "wait_strategy_from_name",
 ]
@@ -123,6 +124,28 @@ class AdaptiveWait(WaitStrategy):
             os.sched_yield()
         else:
             parker.park(min(self.park_timeout_ns, max_park_ns))
+
+
+class BackoffParker:
+    """A parker for waits nobody will signal (a producer waiting for room, a router waiting for
+    a full inbox): sleeps 50 us, doubling to 1 ms, so a long wait costs ~no CPU and a short
+    one adds little latency. ``reset()`` after progress."""
+
+    __slots__ = ("delay_ns", "min_ns", "max_ns")
+
+    def __init__(self, min_ns: int = 50_000, max_ns: int = 1_000_000) -> None:
+        self.min_ns = min_ns
+        self.max_ns = max_ns
+        self.delay_ns = min_ns
+
+    def reset(self) -> None:
+        self.delay_ns = self.min_ns
+
+    def park(self, timeout_ns: int) -> None:
+        import time
+
+        time.sleep(min(self.delay_ns, timeout_ns) / 1e9)  # a bounded sleep parks the thread; it reads no clock
+        self.delay_ns = min(self.delay_ns * 2, self.max_ns)
 
 
 def default_wait_strategy() -> WaitStrategy:

@@ -78,6 +78,7 @@ __all__ = [
     "S_START_MS",
     "S_DROPPED",
     "S_DURABLE",
+    "S_PARKED",
     "STATE_FREE",
     "STATE_ACTIVE",
     "STATE_JOINING",
@@ -147,6 +148,7 @@ S_PID = 17
 S_START_MS = 18
 S_DROPPED = 19  # position at which producers dropped this subscriber
 S_DURABLE = 20  # 1: a supervised worker's slot; reclaim_dead leaves it for the restarted worker
+S_PARKED = 21  # 1 while this subscriber is counted in `waiters` (so a dead parked one can be uncounted)
 
 STATE_FREE = 0
 STATE_ACTIVE = 1

@@ -36,28 +36,13 @@ from fabric.routing import (
     RouteTable,
     route_batch,
 )
-from fabric.wait import Parker
+from fabric.wait import BackoffParker, Parker
 from shm_layouts.control import FABRIC_DTYPE, FABRIC_OFFSET, RingRole
 from shm_layouts.ring import WAKE_DOORBELL, WAKE_OFFSET
 from workers.base import Worker, WorkerContext
 
 __all__ = ["RouterWorker"]
 
-
-class _Backoff:
-    """A parker that sleeps 50 us, doubling to 1 ms, while the router is blocked by a full inbox."""
-
-    def __init__(self) -> None:
-        self.delay_ns = 50_000
-
-    def reset(self) -> None:
-        self.delay_ns = 50_000
-
-    def park(self, timeout_ns: int) -> None:
-        import time
-
-        time.sleep(min(self.delay_ns, timeout_ns) / 1e9)
-        self.delay_ns = min(self.delay_ns * 2, 1_000_000)
 
 _TOPIC_FIELDS = ((T_ROUTED, "routed"), (T_DELIVERED, "delivered"), (T_NO_SUBSCRIBER, "no_subscriber"), (T_FILTERED, "filtered"), (T_BYTES, "bytes"))
 
@@ -96,7 +81,7 @@ class RouterWorker(Worker):
         self.table: RouteTable | None = None
         self._next_publish_ns = 0
         self._progress = False
-        self._backoff = _Backoff()
+        self._backoff = BackoffParker()
         self._version_addr = control.segment.address + FABRIC_OFFSET + FABRIC_DTYPE.fields["subscriptions_version"][1]
         self._refresh_routes()
         logger.info(
