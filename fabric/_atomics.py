@@ -191,43 +191,26 @@ def store_release_at(typingctx, addr, value):
     return types.void(addr, value), codegen
 
 
-@intrinsic
-def fetch_add_at(typingctx, addr, delta):
-    """Atomically add ``delta`` to the ``int64`` at ``addr``; returns the old value."""
-    if not (isinstance(addr, types.Integer) and isinstance(delta, types.Integer)):
-        return None
+def _rmw_at(op: str, doc: str):
+    """An intrinsic doing the LLVM atomic read-modify-write ``op`` on the int64 at an address."""
 
-    def codegen(context, builder, sig, args):
-        val = context.cast(builder, args[1], sig.args[1], types.int64)
-        return builder.atomic_rmw("add", _addr_pointer(builder, args[0]), val, "seq_cst")
+    def typer(typingctx, addr, value):
+        if not (isinstance(addr, types.Integer) and isinstance(value, types.Integer)):
+            return None
 
-    return types.int64(addr, delta), codegen
+        def codegen(context, builder, sig, args):
+            val = context.cast(builder, args[1], sig.args[1], types.int64)
+            return builder.atomic_rmw(op, _addr_pointer(builder, args[0]), val, "seq_cst")
 
+        return types.int64(addr, value), codegen
 
-@intrinsic
-def fetch_or_at(typingctx, addr, bits):
-    """Atomically OR ``bits`` into the ``int64`` at ``addr``; returns the old value."""
-    if not (isinstance(addr, types.Integer) and isinstance(bits, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        val = context.cast(builder, args[1], sig.args[1], types.int64)
-        return builder.atomic_rmw("or", _addr_pointer(builder, args[0]), val, "seq_cst")
-
-    return types.int64(addr, bits), codegen
+    typer.__doc__ = doc
+    return intrinsic(typer)
 
 
-@intrinsic
-def fetch_and_at(typingctx, addr, bits):
-    """Atomically AND ``bits`` into the ``int64`` at ``addr``; returns the old value."""
-    if not (isinstance(addr, types.Integer) and isinstance(bits, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        val = context.cast(builder, args[1], sig.args[1], types.int64)
-        return builder.atomic_rmw("and", _addr_pointer(builder, args[0]), val, "seq_cst")
-
-    return types.int64(addr, bits), codegen
+fetch_add_at = _rmw_at("add", "Atomically add ``value`` to the ``int64`` at ``addr``; returns the old value.")
+fetch_or_at = _rmw_at("or", "Atomically OR ``value`` into the ``int64`` at ``addr``; returns the old value.")
+fetch_and_at = _rmw_at("and", "Atomically AND ``value`` into the ``int64`` at ``addr``; returns the old value.")
 
 
 @intrinsic
