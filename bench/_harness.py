@@ -155,23 +155,31 @@ class PacketModel(msgspec.Struct, array_like=True, gc=False):
 def make_packet_codec() -> tuple[Callable[[int], bytes], Callable[[Any], Any]]:
     """``(encode(i) -> bytes, decode(buffer) -> packet)`` used by every "packets" case.
 
-    The one place to swap in the real ``fabric.packet`` codec: peers and ChronoFabric
-    cases all call this, so they always measure the same encode/decode work. ``decode``
-    must accept ``bytes`` or an exact ``memoryview`` and return an object with ``.id``.
-    One Encoder and one Decoder are built here and reused (msgspec ``perf-tips``).
+    The message is ChronoFabric's own ``fabric.packet.PhasePacket`` (topic ``"demo"``,
+    ``id``, ``hlc`` and ``source`` set, a 32-byte ``bytes`` payload; 55 bytes encoded):
+    peers and ChronoFabric cases all call this, so they carry the identical message and
+    pay the identical msgspec cost. ``encode`` builds a fresh packet and encodes it with
+    one reused ``msgspec.msgpack.Encoder``; ``decode`` is one reused
+    ``msgspec.msgpack.Decoder(PhasePacket)`` and accepts ``bytes`` or an exact
+    ``memoryview``, returning the packet (``.id``). ``encode.packet(i)`` builds the same
+    packet without encoding it, for cases whose transport encodes it itself
+    (``fabric.channel.PacketWriter.offer``).
     """
+    from fabric.packet import PhasePacket
+
     encoder = msgspec.msgpack.Encoder()
-    decoder = msgspec.msgpack.Decoder(PacketModel)
+    decoder = msgspec.msgpack.Decoder(PhasePacket)
     payload = bytes(range(32))
-    hlc0 = 1_700_000_000_000 << 16  # (physical ms << 16) | logical, as an HLC packs it
-    deadline0 = 1_700_000_000_000_000_000
+    hlc0 = 1_700_000_000_000_000_000 & ~0xFFFF  # physical ns with the low 16 bits as the logical counter
     encode_struct = encoder.encode
 
-    def encode(i: int) -> bytes:
-        return encode_struct(
-            PacketModel(i, hlc0 + i, 3, 0b1010, "bench/packets", 1, deadline0 + i, (i,), payload)
-        )
+    def packet(i: int) -> PhasePacket:
+        return PhasePacket(id=i, hlc=hlc0 + i, source=3, topic="demo", payload=payload)
 
+    def encode(i: int) -> bytes:
+        return encode_struct(PhasePacket(id=i, hlc=hlc0 + i, source=3, topic="demo", payload=payload))
+
+    encode.packet = packet  # type: ignore[attr-defined]
     return encode, decoder.decode
 
 
