@@ -102,6 +102,7 @@ __all__ = [
     "ring_park_begin",
     "ring_park_end",
     "ring_stalled_at",
+    "ring_readable",
     "read_word",
     "publish_word",
     "cas_word",
@@ -543,6 +544,19 @@ def ring_park_end(base, subscriber):
         fetch_add_at(base + WAKE_OFFSET + WAKE_WAITERS * 8, -1)
 
 
+@jit("int64(int64, int64, int64)")
+def ring_readable(base, subscriber, pos):
+    """1 when there is something at ``pos`` for this subscriber (a record, padding, or its drop).
+
+    Loads only: spinning on it costs no shared-line write, and producers see no sleeper.
+    """
+    cfg = i64_array_at(base + _CFG, 16)
+    entry = base + cfg[CFG_SUBSCRIBERS_OFFSET] + subscriber * SUBSCRIBER_ENTRY_BYTES
+    if _has_record(base, pos) or load_acquire_at(entry + S_STATE * 8) == STATE_DROPPED:
+        return 1
+    return 0
+
+
 @jit("int64(int64, int64)")
 def ring_stalled_at(base, pos):
     """1 when a record at ``pos`` is claimed (tail beyond it) but not committed, else 0."""
@@ -569,6 +583,7 @@ def warm_up() -> None:
         ring_park_begin,
         ring_park_end,
         ring_stalled_at,
+        ring_readable,
     ):
         assert fn.signatures, fn  # eager: compiled at import by explicit signature
 

@@ -928,6 +928,7 @@ class RingReader:
         self.durable = False
         self._parker = _RingParker(self)
         self._kernel = _entry_point(K.ring_poll)
+        self._readable_kernel = _entry_point(K.ring_readable)
 
     # --- reading --------------------------------------------------------------------------
 
@@ -1072,11 +1073,9 @@ class RingReader:
         return True
 
     def _readable(self) -> bool:
-        return K.ring_park_begin(self._base, self.slot, self.position) < 0 or self._park_undo()
-
-    def _park_undo(self) -> bool:
-        K.ring_park_end(self._base, self.slot)
-        return False
+        # A plain load: announcing a park just to look (as this once did) made every spinning
+        # check two atomic writes on the shared wake line, and producers futex-wake for nobody.
+        return self._readable_kernel(self._base, self.slot, self.position) != 0
 
     @property
     def lag_bytes(self) -> int:
