@@ -18,7 +18,8 @@ Example::
     with Ring.create("demo-ring", RingConfig(capacity_bytes=1 << 20)) as ring:
         with ring.reader() as reader, ring.writer() as writer:
             writer.offer(b"hello")
-            reader.poll(lambda view, type_id: print(bytes(view)))
+            received = []
+            reader.poll(lambda view, type_id: received.append(bytes(view)))
 
 Failure handling: a producer that dies between claim and commit leaves a claim in
 progress; the first subscriber stuck behind it for ``claim_timeout_ns`` checks the
