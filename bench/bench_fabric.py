@@ -52,7 +52,7 @@ _TOPIC = "demo"
 _ECHO_TOPIC = "bench-echo"
 _RECV_TIMEOUT_NS = 200_000_000
 _SEND_TIMEOUT_NS = 10_000_000_000
-#: Payload that ends a ping-pong (the packets otherwise carry ``_PAYLOAD``).
+#: Payload that ends a ping-pong (the packets otherwise carry ``_payload()``).
 _STOP_PAYLOAD = b"stop"
 
 
@@ -206,8 +206,8 @@ def _subscriber(ctl: Control, params: dict) -> None:
 
 
 def _close_subscriber(sub) -> None:
-    """Close a subscriber before its client (``client.close()`` cannot tear down an open one);
-    a failure here comes after the measurement: print it, do not fail the case."""
+    """Close a subscriber before its client. A failure here comes after the measurement:
+    print it (stderr), do not fail the case."""
     if sub is None:
         return
     try:
