@@ -91,6 +91,9 @@ class PacketWriter:
 
     def send(self, packet: PhasePacket, *, timeout_ns: int = 5_000_000_000) -> int:
         """Publish, waiting up to ``timeout_ns`` for room; raises ``TimeoutError`` after."""
+        r = self.offer(packet)  # the common case: room now, no closure, no wait loop
+        if r >= 0:
+            return r
         return offer_with_wait(lambda: self.offer(packet), self.writer._ring, self.writer.wait, timeout_ns)
 
     def close(self) -> None:

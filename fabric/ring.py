@@ -806,6 +806,9 @@ class RingWriter:
         Raises ``TimeoutError`` when the deadline passes; a dead subscriber that blocks
         the ring is reclaimed along the way.
         """
+        r = self.offer(data, type_id)  # the common case: room now, no closure, no wait loop
+        if r >= 0:
+            return r
         return offer_with_wait(lambda: self.offer(data, type_id), self._ring, self.wait, timeout_ns)
 
     def try_claim(self, length: int, type_id: int = 0) -> Claim | None:
