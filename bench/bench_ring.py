@@ -426,7 +426,7 @@ def _jit_loops() -> dict[str, Any]:
     import numba
 
     from fabric._atomics import cpu_pause
-    from fabric._ring_kernels import WAKE_FLAG, ring_offer_batch, ring_poll
+    from fabric._ring_kernels import EMPTY_ATTENTION, WAKE_FLAG, ring_offer_batch, ring_poll
 
     pos_mask = WAKE_FLAG - 1
 
@@ -464,6 +464,11 @@ def _jit_loops() -> dict[str, Any]:
         while got < want:
             n = ring_poll(base, slot, pos, release, desc_addr, min(max_records, want - got))
             release = -1
+            if n == EMPTY_ATTENTION:  # skipped padding (or a claim in progress): nothing taken
+                if desc[0] != pos:
+                    pos = desc[0]
+                    release = pos
+                n = 0
             if n < 0:
                 return n, pos, total
             if n == 0:

@@ -23,7 +23,7 @@ of producer kernels may carry ``WAKE_FLAG``: the caller must then wake parked
 subscribers with a futex wake (one syscall, only when someone sleeps).
 
 Numba's on-disk cache keys on this file: a change to ``shm_layouts`` must also
-touch this file (and bump ``LAYOUT_VERSION``). Layout touch: 5.
+touch this file (and bump ``LAYOUT_VERSION``). Layout touch: 6.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 from fabric._atomics import (
     compare_exchange_at,
     copy_bytes,
+    cpu_pause,
     data_address,
     fence,
     fetch_add_at,
@@ -99,10 +100,15 @@ __all__ = [
     "buffer_entry_points",
     "ring_poll",
     "ring_poll_packets",
+    "ring_take",
+    "ring_take_packet",
+    "STALL_HINT",
+    "EMPTY_ATTENTION",
     "ring_park_begin",
     "ring_park_end",
     "ring_stalled_at",
     "ring_readable",
+    "ring_spin_readable",
     "read_word",
     "publish_word",
     "cas_word",
@@ -117,6 +123,12 @@ NOT_CONNECTED = -3
 SUBSCRIBER_DROPPED = -4
 RING_CORRUPT = -5
 TOO_LARGE = -6  # payload longer than the ring's max_record_bytes, or a type id out of 0..2**31-1
+# ``ring_take``'s third result when it found nothing: a claim is in progress at the position
+# (its producer may have died there: the caller starts its claim-timeout clock).
+STALL_HINT = 1
+# ``ring_poll`` found no record but something to act on: ``desc[0]`` is the position after
+# padding it skipped, ``desc[1]`` is ``STALL_HINT`` when a claim is in progress there.
+EMPTY_ATTENTION = -7
 
 # WAKE line word 2: how many subscribers are joined (ACTIVE or JOINING).
 WAKE_SUBSCRIBERS = 2
@@ -480,7 +492,13 @@ def _poll(base, subscriber, start_pos, release_pos, desc_addr, max_records, pack
     if n > 0:
         sw[S_RECORDS] += n
         sw[S_BYTES] += nbytes
-    return n
+        return n
+    off = p & mask
+    stalled = cap - off >= HDR and load_acquire_at(data + off) == ~(p ^ salt)
+    if stalled or p != start_pos:
+        desc[1] = STALL_HINT if stalled else 0
+        return EMPTY_ATTENTION
+    return 0
 
 
 @jit("int64(int64, int64, int64, int64, int64, int64)")
@@ -490,7 +508,9 @@ def ring_poll(base, subscriber, start_pos, release_pos, desc_addr, max_records):
     Descriptors go to the int64 array at ``desc_addr``: ``desc[0]`` = the position after
     the last record found; for record i, ``desc[2+2i]`` = the payload's byte offset in the
     segment and ``desc[3+2i]`` = ``(type << 32) | payload_length``. Padding is skipped.
-    Returns the count, or ``SUBSCRIBER_DROPPED`` / ``RING_CORRUPT``.
+    Returns the count; 0 when nothing is there and nothing to act on; ``EMPTY_ATTENTION``
+    when nothing was found but padding was skipped (``desc[0]``) or a claim is in progress
+    at the position (``desc[1] == STALL_HINT``); or ``SUBSCRIBER_DROPPED`` / ``RING_CORRUPT``.
     """
     return _poll(base, subscriber, start_pos, release_pos, desc_addr, max_records, False)
 
@@ -504,6 +524,93 @@ def ring_poll_packets(base, subscriber, start_pos, release_pos, desc_addr, max_r
     is reported as ``-(record_offset) - 1, (type << 32) | length`` for the dead-letter path.
     """
     return _poll(base, subscriber, start_pos, release_pos, desc_addr, max_records, True)
+
+
+@jit(inline="always")
+def _take(base, subscriber, pos, release_pos, spin_checks, packets):
+    """The body of ``ring_take`` (``packets=False``) and ``ring_take_packet`` (``True``)."""
+    cfg = i64_array_at(base + _CFG, 16)
+    cap = cfg[CFG_CAPACITY]
+    mask = cap - 1
+    data_off = cfg[CFG_DATA_OFFSET]
+    data = base + data_off
+    salt = cfg[CFG_SALT]
+    entry = base + cfg[CFG_SUBSCRIBERS_OFFSET] + subscriber * SUBSCRIBER_ENTRY_BYTES
+    if release_pos >= 0:
+        # SYNC POINT: pairs with producers' acquire-load of positions (they may reuse the space).
+        store_release_at(entry + S_POSITION * 8, release_pos)
+    p = pos
+    spins = 0
+    while True:
+        if load_acquire_at(entry + S_STATE * 8) == STATE_DROPPED:
+            return (SUBSCRIBER_DROPPED, 0, 0)
+        off = p & mask
+        rem = cap - off
+        if rem < HDR:
+            p += rem
+            continue
+        slot = data + off
+        w = load_acquire_at(slot)  # SYNC POINT: pairs with the producer's commit store
+        if w == p ^ salt:
+            meta = load_acquire_at(slot + 8)
+            length = meta & 0xFFFFFFFF
+            aligned = (length + 7) & ~7
+            if length < HDR or aligned > rem:
+                return (RING_CORRUPT, 0, p)
+            type_id = meta >> 32
+            if type_id == PADDING_TYPE:
+                p += aligned
+                continue
+            payload = length - HDR
+            sw = i64_array_at(entry, 8)
+            sw[S_RECORDS] += 1
+            sw[S_BYTES] += payload
+            rec_off = data_off + off + HDR
+            if not packets:
+                return (p + aligned, rec_off, (type_id << 32) | payload)
+            ndeps = type_id & 0xFFFF
+            body = PACKET_HEADER_BYTES + 8 * ndeps
+            ok = (type_id & PACKET_TYPE_MASK) == PACKET_TYPE and payload > body
+            if ok:
+                hw = i64_array_at(slot + HDR, 8)
+                ok = (hw[6] >> 32) == PACKET_MAGIC and (hw[6] & 0xFFFFFFFF) == payload - body and (
+                    (hw[5] >> 48) & 0xFFFF
+                ) == ndeps
+            if ok:
+                return (p + aligned, rec_off + body, rec_off + payload)
+            return (p + aligned, -rec_off - 1, (type_id << 32) | payload)
+        if spins >= spin_checks:
+            return (p, 0, STALL_HINT if w == ~(p ^ salt) else 0)
+        spins += 1
+        cpu_pause()
+
+
+@jit("UniTuple(int64, 3)(int64, int64, int64, int64, int64)")
+def ring_take(base, subscriber, pos, release_pos, spin_checks):
+    """Release everything before ``release_pos`` (if >= 0), then take the record at ``pos``.
+
+    Skips padding. When nothing is committed there, re-checks up to ``spin_checks`` times
+    (a ``pause`` between checks: loads only, no shared write) before giving up. Returns
+    ``(next_position, payload_offset, meta)``:
+
+    - a record: ``payload_offset > 0`` (its byte offset in the segment), ``meta`` =
+      ``(type << 32) | payload_length``, ``next_position`` just after it;
+    - nothing: ``payload_offset == 0``, ``next_position`` past any padding skipped, ``meta``
+      = ``STALL_HINT`` when a claim is in progress there, else 0;
+    - ``next_position < 0``: ``SUBSCRIBER_DROPPED`` or ``RING_CORRUPT`` (``payload_offset`` 0,
+      ``meta`` the corrupt record's position).
+    """
+    return _take(base, subscriber, pos, release_pos, spin_checks, False)
+
+
+@jit("UniTuple(int64, 3)(int64, int64, int64, int64, int64)")
+def ring_take_packet(base, subscriber, pos, release_pos, spin_checks):
+    """``ring_take`` for packet records, validating the fixed header in place.
+
+    A packet comes back as ``(next_position, body_start, body_end)``; a malformed record as
+    ``(next_position, -(record_offset) - 1, (type << 32) | length)`` for the dead-letter path.
+    """
+    return _take(base, subscriber, pos, release_pos, spin_checks, True)
 
 
 @jit(inline="always")
@@ -557,6 +664,22 @@ def ring_readable(base, subscriber, pos):
     return 0
 
 
+@jit("int64(int64, int64, int64, int64)")
+def ring_spin_readable(base, subscriber, pos, checks):
+    """``ring_readable``, re-checked up to ``checks`` more times with a ``pause`` between.
+
+    The spin phase of a wait strategy, in compiled code: loads only, so a spinning subscriber
+    takes no cache line away from producers for writing.
+    """
+    cfg = i64_array_at(base + _CFG, 16)
+    entry = base + cfg[CFG_SUBSCRIBERS_OFFSET] + subscriber * SUBSCRIBER_ENTRY_BYTES
+    for _ in range(checks + 1):
+        if _has_record(base, pos) or load_acquire_at(entry + S_STATE * 8) == STATE_DROPPED:
+            return 1
+        cpu_pause()
+    return 0
+
+
 @jit("int64(int64, int64)")
 def ring_stalled_at(base, pos):
     """1 when a record at ``pos`` is claimed (tail beyond it) but not committed, else 0."""
@@ -580,10 +703,13 @@ def warm_up() -> None:
         ring_offer_buf,
         ring_poll,
         ring_poll_packets,
+        ring_take,
+        ring_take_packet,
         ring_park_begin,
         ring_park_end,
         ring_stalled_at,
         ring_readable,
+        ring_spin_readable,
     ):
         assert fn.signatures, fn  # eager: compiled at import by explicit signature
 

@@ -22,7 +22,6 @@ from fabric import _ring_kernels as K
 from fabric.errors import ClosedResourceError, CodecError, RecordTooLargeError
 from fabric.packet import PacketCodec, PhasePacket, _parse_error
 from fabric.ring import RingReader, RingWriter, _entry_point, offer_with_wait
-from fabric.timesource import get_time_source
 from shm_layouts.packet import PACKET_HEADER_BYTES
 
 __all__ = ["PacketWriter", "PacketReader", "MalformedRecord"]
@@ -206,19 +205,39 @@ class PacketReader:
         return pkt
 
     def receive(self, *, timeout_ns: int = 5_000_000_000) -> PhasePacket:
-        """Wait up to ``timeout_ns`` for one packet; raises ``TimeoutError`` after."""
-        pkt = self.receive_nowait()
-        if pkt is not None:
+        """Wait up to ``timeout_ns`` for one packet; raises ``TimeoutError`` after.
+
+        One compiled call takes the packet (spinning first, as the reader's wait strategy
+        says, in compiled code) and the body is decoded straight from the ring.
+        """
+        if self._pending_at < len(self._pending):
+            pkt = self._pending[self._pending_at]
+            self._pending_at += 1
             return pkt
-        clock = get_time_source()
-        deadline = clock.monotonic_ns() + timeout_ns
+        r = self.reader
+        spin = r.wait.spin_checks if timeout_ns > 0 else 0
+        kernel = r._take_packet_kernel
+        end, start, stop = kernel(r._base, r.slot, r.position, r._pending_release, spin)
         while True:
-            remaining = deadline - clock.monotonic_ns()
-            if remaining <= 0 or not self.reader.wait_readable(timeout_ns=remaining):
-                raise TimeoutError(f"ring {self.reader._ring.name!r}: no packet within {timeout_ns / 1e9:.3f} s")
-            pkt = self.receive_nowait()
-            if pkt is not None:
-                return pkt
+            if start == 0:
+                end, start, stop = r._take_waiting(kernel, end, stop, timeout_ns, spin > 0)
+            r.position = r._pending_release = end  # released at the reader's next call
+            r._outstanding = False
+            if start > 0:
+                try:
+                    pkt = self._decode(r._mv[start:stop])
+                except (msgspec.DecodeError, ValueError, TypeError) as exc:
+                    self._malformed(bytes(r._mv[start:stop]), 0, exc)
+                else:
+                    if self.hlc is not None:
+                        self.hlc.try_update(pkt.hlc)
+                    return pkt
+            else:
+                off = -start - 1
+                self._malformed(bytes(r._mv[off : off + (stop & 0xFFFFFFFF)]), stop >> 32, CodecError("not a valid packet record"))
+            # A malformed record was consumed: wait for the next packet (a fresh wait).
+            spin = 0
+            end, start, stop = kernel(r._base, r.slot, r.position, r._pending_release, 0)
 
     def __iter__(self) -> Iterator[PhasePacket]:
         """Packets as they come, blocking (with the wait strategy) between them; ends when closed."""

@@ -131,6 +131,8 @@ TOO_LARGE = K.TOO_LARGE
 _WAKE = K.WAKE_FLAG
 _POS_MASK = _WAKE - 1
 _CLAIM_TIMEOUT_NS = 200_000_000
+#: Empty polls between full stall checks (which read the tail line the producer writes).
+_STALL_CHECK_EVERY_MASK = 1023
 _WAKE_SUBS = K.WAKE_SUBSCRIBERS
 
 
@@ -932,7 +934,12 @@ class RingReader:
         self.durable = False
         self._parker = _RingParker(self)
         self._kernel = _entry_point(K.ring_poll)
+        self._take_kernel = _entry_point(K.ring_take)
+        self._take_packet_kernel = _entry_point(K.ring_take_packet)
+        self._mm = ring.segment._mmap  # slicing it copies straight into a bytes object
         self._readable_kernel = _entry_point(K.ring_readable)
+        self._spin_kernel = _entry_point(K.ring_spin_readable)
+        self._empty_polls = 0
 
     # --- reading --------------------------------------------------------------------------
 
@@ -944,28 +951,38 @@ class RingReader:
             self._base, self.slot, self.position, self._pending_release, self._desc_addr, min(limit, self._batch)
         )
         self._pending_release = -1
-        if n <= 0:
-            if n < 0:
-                self._raise_code(n)
-            end = int(self._desc[0])
-            if end > self.position:
-                # It skipped padding and found nothing else: move past it and say so now, or the
-                # padding would gate producers (and look readable to waits) until the next poll —
-                # unless a batch is still held, whose memory must stay ours until it is released.
-                self.position = end
-                if not self._outstanding:
-                    K.publish_word(self._position_addr, end)
+        if n > 0:
+            self._empty_polls = 0
+            return n
+        if n == 0:
+            # Nothing, and nothing in progress here: cheap. Still look for a claim whose
+            # producer died before marking it (tail past us, no marker) now and then.
+            self._empty_polls += 1
+            if self._empty_polls & _STALL_CHECK_EVERY_MASK == 0:
+                self._check_stall()
+            return 0
+        if n != K.EMPTY_ATTENTION:
+            self._raise_code(n, int(self._desc[0]))
+        end, hint = self._desc[:2].tolist()
+        if end > self.position:
+            # It skipped padding and found nothing else: move past it and say so now, or the
+            # padding would gate producers (and look readable to waits) until the next poll —
+            # unless a batch is still held, whose memory must stay ours until it is released.
+            self.position = end
+            if not self._outstanding:
+                K.publish_word(self._position_addr, end)
+        if hint == K.STALL_HINT:
             self._check_stall()
-        return n
+        return 0
 
-    def _raise_code(self, code: int):
+    def _raise_code(self, code: int, at: int):
         if code == K.SUBSCRIBER_DROPPED:
             dropped_at = K.read_word(self._ring._subscriber_addr(self.slot, S_DROPPED))
             raise SubscriberDroppedError(
                 f"ring {self._ring.name!r}: this subscriber was dropped at position {dropped_at} because it "
                 "fell a full ring behind (slow_subscriber_policy='drop'); attach a new reader to continue"
             )
-        raise BrokenResourceError(f"ring {self._ring.name!r}: corrupt record at position {int(self._desc[0])}")
+        raise BrokenResourceError(f"ring {self._ring.name!r}: corrupt record at position {at}")
 
     def _check_stall(self) -> None:
         pos = self.position
@@ -1040,34 +1057,78 @@ class RingReader:
         self._outstanding = True
         return RecordBatch(self, d, n, d[0])
 
+    def _took_nothing(self, end: int, meta: int) -> None:
+        """A take kernel found no record: errors, skipped padding, a claim in progress."""
+        self._pending_release = -1
+        if end < 0:
+            self._raise_code(end, meta)
+        if end != self.position:
+            self.position = self._pending_release = end  # skipped padding
+        if meta == K.STALL_HINT:
+            self._check_stall()
+
+    def _take_waiting(self, kernel, end: int, meta: int, timeout_ns: int, spun: bool) -> tuple[int, int, int]:
+        """After a take kernel found nothing: wait (strategy, deadline) and take again."""
+        clock = get_time_source()
+        deadline = clock.monotonic_ns() + timeout_ns
+        while True:
+            self._took_nothing(end, meta)
+            remaining = deadline - clock.monotonic_ns()
+            if remaining <= 0 or not self.wait_readable(timeout_ns=remaining, spun=spun):
+                raise TimeoutError(f"ring {self._ring.name!r}: no record within {timeout_ns / 1e9:.3f} s")
+            end, off, meta = kernel(self._base, self.slot, self.position, -1, 0)
+            if off != 0:
+                return end, off, meta
+            spun = False
+
+    def take(self) -> tuple[memoryview, int] | None:
+        """The next record as ``(zero-copy view, type_id)``, or None when there is none.
+
+        Does not wait. The view is valid until the next call on this reader (its memory is
+        handed back to producers then): copy what must outlive it.
+        """
+        end, off, meta = self._take_kernel(self._base, self.slot, self.position, self._pending_release, 0)
+        if off != 0:
+            # Released lazily: the next kernel call publishes ``end`` (one call instead of two).
+            self.position = self._pending_release = end
+            self._outstanding = False
+            return self._mv[off : off + (meta & 0xFFFFFFFF)], meta >> 32
+        self._took_nothing(end, meta)
+        return None
+
     def receive(self, *, timeout_ns: int = 5_000_000_000) -> tuple[bytes, int]:
         """Wait up to ``timeout_ns`` for one record; returns ``(bytes copy, type_id)``.
 
-        Raises ``TimeoutError`` when nothing arrives in time.
+        The wait strategy's spin phase runs in compiled code (``ring_take`` re-checks the
+        record's commit word with a ``pause`` between), so a record that arrives while
+        spinning is taken in the same call. The record's memory goes back to producers at
+        this reader's next call. Raises ``TimeoutError`` when nothing arrives in time.
         """
-        out: list = []
+        spin = self.wait.spin_checks if timeout_ns > 0 else 0
+        end, off, meta = self._take_kernel(self._base, self.slot, self.position, self._pending_release, spin)
+        if off == 0:
+            end, off, meta = self._take_waiting(self._take_kernel, end, meta, timeout_ns, spin > 0)
+        self.position = self._pending_release = end
+        self._outstanding = False
+        return self._mm[off : off + (meta & 0xFFFFFFFF)], meta >> 32
 
-        def take(view: memoryview, type_id: int) -> None:
-            out.append((bytes(view), type_id))
+    def wait_readable(self, *, timeout_ns: int, spun: bool = False) -> bool:
+        """Wait with the wait strategy until a record is there or ``timeout_ns`` passes.
 
-        if self.poll(take, 1):
-            return out[0]
-        self.wait_readable(timeout_ns=timeout_ns)
-        if self.poll(take, 1):
-            return out[0]
-        raise TimeoutError(f"ring {self._ring.name!r}: no record within {timeout_ns / 1e9:.3f} s")
-
-    def wait_readable(self, *, timeout_ns: int) -> bool:
-        """Wait with the wait strategy until a record is there or ``timeout_ns`` passes."""
+        ``spun=True``: the caller has just spun the strategy's compiled spin phase itself
+        (``receive``), so the wait goes on from the strategy's next phase.
+        """
         if self._closed:
             raise ClosedResourceError("reader is closed")
         if self._pending_release >= 0:
-            K.ring_poll(self._base, self.slot, self.position, self._pending_release, self._desc_addr, 0)
+            K.publish_word(self._position_addr, self._pending_release)  # before we may sleep
             self._pending_release = -1
         clock = get_time_source()
         deadline = clock.monotonic_ns() + timeout_ns
         wait = self.wait
         wait.reset()
+        if spun:
+            wait.spun()
         while not self._readable():
             now = clock.monotonic_ns()
             if now >= deadline:
@@ -1097,6 +1158,7 @@ class RingReader:
         if self._closed:
             return
         self._closed = True
+        self._take_kernel = self._take_packet_kernel = _closed_reader
         self._mv.release()
         self._ring._handles.discard(self)
 
@@ -1105,6 +1167,7 @@ class RingReader:
         if self._closed:
             return
         self._closed = True
+        self._take_kernel = self._take_packet_kernel = _closed_reader
         self._mv.release()
         if not self._ring.closed:
             K.publish_word(self._ring._subscriber_addr(self.slot, S_DURABLE), 0)
@@ -1118,6 +1181,11 @@ class RingReader:
         self.close()
 
 
+def _closed_reader(*args: object) -> tuple[int, int, int]:
+    """Stands in for a closed reader's take kernels: every call raises."""
+    raise ClosedResourceError("reader is closed")
+
+
 def _entry_point(dispatcher):
     """The compiled entry of a kernel with exactly one (explicit) signature: skips numba's dispatch."""
     (overload,) = dispatcher.overloads.values()
@@ -1125,12 +1193,18 @@ def _entry_point(dispatcher):
 
 
 class _RingParker:
-    """Sleeps on the ring's doorbell: announce, re-check, futex-wait, leave."""
+    """Spins on the ring in compiled code, or sleeps on its doorbell: announce, re-check,
+    futex-wait, leave."""
 
     __slots__ = ("_reader",)
 
     def __init__(self, reader: RingReader) -> None:
         self._reader = reader
+
+    def spin(self, checks: int) -> bool:
+        """Re-check the ring up to ``checks`` times in compiled code; True once readable."""
+        r = self._reader
+        return r._spin_kernel(r._base, r.slot, r.position, checks) != 0
 
     def park(self, timeout_ns: int) -> None:
         r = self._reader

@@ -52,12 +52,21 @@ def _spin_pause(iterations: int) -> None:
 
 
 class WaitStrategy:
-    """Base class: ``reset()`` after work was found, ``idle(parker)`` when there was none."""
+    """Base class: ``reset()`` after work was found, ``idle(parker)`` when there was none.
+
+    ``spin_checks`` is the strategy's spin phase counted in re-checks of the resource:
+    callers that can re-check in compiled code (a ring's ``receive``) spin that many
+    first and then call ``spun()``, so ``idle`` goes on from the next phase.
+    """
 
     name = "base"
+    spin_checks = 0
 
     def reset(self) -> None:
         """Work was found: start the next wait from the cheapest phase."""
+
+    def spun(self) -> None:
+        """The caller has spun ``spin_checks`` re-checks itself: skip the spin phase."""
 
     def idle(self, parker: Parker | None, max_park_ns: int = 10_000_000) -> None:
         """Wait one step; ``max_park_ns`` caps a park so callers can check deadlines."""
@@ -68,9 +77,15 @@ class BusySpinWait(WaitStrategy):
     """Never sleeps: lowest latency, one core at 100% while idle."""
 
     name = "spin"
+    #: Re-checks per compiled spin (~0.1-0.3 ms): the caller looks at its deadline between them.
+    spin_checks = 10_000
 
     def idle(self, parker: Parker | None, max_park_ns: int = 10_000_000) -> None:
-        _spin_pause(8)
+        spin = getattr(parker, "spin", None)
+        if spin is not None:
+            spin(self.spin_checks)  # compiled: a record is seen within a cache-line transfer
+        else:
+            _spin_pause(8)
 
 
 class YieldWait(WaitStrategy):
@@ -102,6 +117,8 @@ class AdaptiveWait(WaitStrategy):
 
     Defaults: ~2,000 spin checks (tens of µs: a wake-up from a real sleep costs
     25–35 µs here, so spinning that long first pays off under load), 50 yields, then park.
+    A parker that can spin in compiled code (``spin(checks)``, a ring's) runs the whole
+    spin phase in one call.
     """
 
     name = "adaptive"
@@ -115,12 +132,22 @@ class AdaptiveWait(WaitStrategy):
     def reset(self) -> None:
         self._count = 0
 
+    def spun(self) -> None:
+        self._count = max(self._count, self.spin_checks)
+
     def idle(self, parker: Parker | None, max_park_ns: int = 10_000_000) -> None:
-        self._count += 1
         c = self._count
-        if c <= self.spin_checks:
+        if c < self.spin_checks:
+            spin = getattr(parker, "spin", None)
+            if spin is not None:
+                spin(self.spin_checks - c)  # the whole spin phase in one compiled call
+                self._count = self.spin_checks
+                return
+            self._count = c + 1
             _spin_pause(4)
-        elif c <= self.spin_checks + self.yield_checks or parker is None:
+            return
+        self._count = c = c + 1
+        if c <= self.spin_checks + self.yield_checks or parker is None:
             os.sched_yield()
         else:
             parker.park(min(self.park_timeout_ns, max_park_ns))

@@ -209,6 +209,12 @@ def claim_and_hang(ring_name: str, cfg: dict) -> None:
         return
     half = length // 2
     claim.buffer[:half] = b"\xab" * half
+    if cfg.get("unmark"):
+        # As if killed between moving the tail and writing the in-progress marker: the slot
+        # keeps a word of no lap (never this position's commit or marker).
+        from fabric._ring_kernels import publish_word
+
+        publish_word(ring.segment.address + ring.data_offset + (claim.position & (ring.capacity_bytes - 1)), 0x5A5A)
     _say(f"CLAIMED {claim.position}")
     time.sleep(cfg.get("sleep_s", 60.0))
 

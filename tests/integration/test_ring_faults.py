@@ -31,12 +31,28 @@ def _peer(role: str, ring: Ring, **cfg):
     return spawn_module("tests._ring_peers", role, ring.name, json.dumps(cfg))
 
 
-def _collect(reader, want: int, timeout_s: float) -> list[tuple[bytes, int]]:
+#: How a test reads: poll + wait_readable, blocking receive, take, or poll alone in a busy
+#: loop (recovery must not depend on ever calling a wait).
+READ_APIS = ["poll", "receive", "take", "poll_only"]
+
+
+def _collect(reader, want: int, timeout_s: float, api: str = "poll") -> list[tuple[bytes, int]]:
     """Read until ``want`` records arrived or ``timeout_s`` passed (whatever arrived is returned)."""
     got: list[tuple[bytes, int]] = []
     deadline = time.monotonic() + timeout_s
     while len(got) < want and time.monotonic() < deadline:
-        if reader.poll(lambda v, t: got.append((bytes(v), t))) == 0:
+        if api == "receive":
+            try:
+                got.append(reader.receive(timeout_ns=20_000_000))
+            except TimeoutError:
+                pass
+        elif api == "take":
+            item = reader.take()
+            if item is None:
+                reader.wait_readable(timeout_ns=20_000_000)
+            else:
+                got.append((bytes(item[0]), item[1]))
+        elif reader.poll(lambda v, t: got.append((bytes(v), t))) == 0 and api == "poll":
             reader.wait_readable(timeout_ns=20_000_000)
     return got
 
@@ -68,6 +84,30 @@ def _b_records(count: int) -> list[tuple[bytes, int]]:
 
 
 class TestDeadProducer:
+    @pytest.mark.parametrize("api", READ_APIS)
+    @pytest.mark.parametrize("marked", [True, False], ids=["marked", "unmarked"])
+    def test_every_reading_api_recovers_a_dead_claim(self, prefix, api, marked):
+        """A producer killed after claiming: with its in-progress marker written, or killed
+        between moving the tail and writing the marker (``unmarked``: the slot still holds an
+        old word, so only the tail shows the claim). Every reading API gets past it."""
+        with Ring.create(f"{prefix}-api", RingConfig(capacity_bytes=1 << 16)) as ring:
+            reader = ring.reader()
+            reader.claim_timeout_ns = CLAIM_TIMEOUT_NS
+            writer = ring.writer()
+            children = []
+            try:
+                dying = _peer("claim_and_hang", ring, length=64, unmark=not marked)
+                children.append(dying)
+                assert int(dying.wait_line("CLAIMED", 30)) == 0
+                dying.sigkill()
+            finally:
+                stop_all(children)
+            for seq in range(20):
+                writer.send(b"B" + seq.to_bytes(8, "little"), 2, timeout_ns=2_000_000_000)
+            got = _collect(reader, 20, timeout_s=10, api=api)
+            assert got == _b_records(20), f"{api}: got {len(got)} of 20 records after a dead claim"
+            assert ring.statistics().recovered_claims == 1
+
     def test_claim_of_a_killed_producer_is_recovered_and_later_records_arrive(self, prefix):
         count = 5_000  # 160 KB through a 64 KB ring: the second producer blocks on the dead claim
         with Ring.create(f"{prefix}-dead", RingConfig(capacity_bytes=1 << 16)) as ring:

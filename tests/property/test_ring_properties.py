@@ -71,6 +71,7 @@ class Sub:
     batch_views: list = field(default_factory=list)
     batch_expected: list = field(default_factory=list)
     last_published: int = 0
+    taken: tuple | None = None  # (view, expected bytes) from take(): valid until the next call
 
 
 @dataclass
@@ -334,6 +335,7 @@ class RingFifoMachine(RuleBasedStateMachine):
             return  # leaving the ring without subscribers happens, but rarely (NOT_CONNECTED)
         sub = self.subs.pop(s % len(self.subs))
         self._check_held(sub)
+        sub.taken = None  # the next call ends a taken view
         sub.reader.close()
 
     @precondition(lambda self: len(self.subs) > 0)
@@ -344,6 +346,7 @@ class RingFifoMachine(RuleBasedStateMachine):
             return
         expected, after = self._expected(sub, limit)
         got: list[tuple[bytes, int]] = []
+        sub.taken = None  # the next call ends a taken view
         n = sub.reader.poll(lambda view, type_id: got.append((bytes(view), type_id)), limit)
         assert n == len(got)
         assert got == expected
@@ -360,6 +363,7 @@ class RingFifoMachine(RuleBasedStateMachine):
         if sub.batch is not None:
             return
         expected, after = self._expected(sub, limit)
+        sub.taken = None  # the next call ends a taken view
         batch = sub.reader.read_batch(limit)
         pairs = list(batch)
         assert [(bytes(v), t) for v, t in pairs] == expected
@@ -392,11 +396,33 @@ class RingFifoMachine(RuleBasedStateMachine):
             return
         expected, after = self._expected(sub, 1)
         try:
+            sub.taken = None  # the next call ends a taken view
             got = sub.reader.receive(timeout_ns=0)
         except TimeoutError:
             assert expected == []
         else:
             assert [got] == expected
+            sub.delivered += 1
+            sub.index = after
+            sub.released = after
+        self._check_published(sub)
+
+    @precondition(lambda self: len(self.subs) > 0)
+    @rule(s=st.integers(0, 7))
+    def take(self, s):
+        """take(): a zero-copy view that must stay intact until the reader's next call."""
+        sub = self.subs[s % len(self.subs)]
+        if sub.batch is not None:
+            return
+        expected, after = self._expected(sub, 1)
+        sub.taken = None
+        got = sub.reader.take()
+        if got is None:
+            assert expected == []
+        else:
+            view, type_id = got
+            assert [(bytes(view), type_id)] == expected
+            sub.taken = (view, expected[0][0])
             sub.delivered += 1
             sub.index = after
             sub.released = after
@@ -412,6 +438,7 @@ class RingFifoMachine(RuleBasedStateMachine):
         for _ in range(len(self.log) + 2):
             expected, after = self._expected(sub, 256)
             got: list[tuple[bytes, int]] = []
+            sub.taken = None  # the next call ends a taken view
             n = sub.reader.poll(lambda view, type_id: got.append((bytes(view), type_id)), 256)
             assert got == expected
             sub.delivered += n
@@ -442,6 +469,8 @@ class RingFifoMachine(RuleBasedStateMachine):
     # --- checks -------------------------------------------------------------------------------------
 
     def _check_held(self, sub: Sub) -> None:
+        if sub.taken is not None:
+            assert bytes(sub.taken[0]) == sub.taken[1], "a taken record was overwritten before the next call"
         if sub.batch is not None:
             assert [bytes(v) for v in sub.batch_views] == sub.batch_expected, "a held record was overwritten"
 

@@ -25,6 +25,7 @@ from fabric.errors import (
 from fabric._ring_kernels import publish_word
 from fabric.ring import BACK_PRESSURED, NOT_CONNECTED, Ring, RingConfig
 from fabric.segment import unlink_segment
+from fabric.wait import BusySpinWait
 from shm_layouts.record import RECORD_HEADER_BYTES, align_record, pack_meta
 from shm_layouts.ring import P_CLAIM_POS, STATE_ACTIVE, STATE_DROPPED
 from tests._fabric_procs import spawn_code, stop_all
@@ -675,6 +676,45 @@ class TestReaders:
         with pytest.raises(TimeoutError):
             reader.receive(timeout_ns=20_000_000)
 
+    def test_take_hands_out_a_view_released_at_the_next_call(self, ring):
+        reader, writer = ring.reader(), ring.writer()
+        assert reader.take() is None
+        writer.offer(b"first", 4)
+        writer.offer(b"second", 5)
+        view, type_id = reader.take()
+        assert (bytes(view), type_id) == (b"first", 4)
+        published = {s.slot: s.position for s in ring.statistics().subscribers}[reader.slot]
+        assert published == 0  # still ours: producers may not reuse it yet
+        view2, type_id2 = reader.take()
+        assert (bytes(view2), type_id2) == (b"second", 5)
+        published = {s.slot: s.position for s in ring.statistics().subscribers}[reader.slot]
+        assert published == rec(5)  # the first record went back at this call
+        assert reader.take() is None
+        stats = {s.slot: s for s in ring.statistics().subscribers}[reader.slot]
+        assert stats.position == rec(5) + rec(6) and stats.records == 2
+
+    def test_take_and_receive_step_over_padding(self, ring):
+        reader, writer = ring.reader(), ring.writer()
+        advance_to(writer, reader, CAP - 40)  # a 64-byte record must wrap: padding first
+        writer.offer(bytes(64), 1)
+        view, _ = reader.take()
+        assert len(view) == 64
+        writer.try_claim(8, 1).abort()  # padding of its own
+        writer.offer(b"after", 2)
+        assert reader.receive(timeout_ns=1_000_000_000) == (b"after", 2)
+        writer.try_claim(8, 1).abort()
+        assert reader.take() is None  # only padding there: stepped over, nothing handed out
+        assert reader.position == ring.statistics().tail
+
+    def test_receive_spins_in_compiled_code_and_sees_a_record_from_another_thread(self, ring):
+        reader, writer = ring.reader(wait=BusySpinWait()), ring.writer()
+        timer = threading.Timer(0.05, lambda: writer.offer(b"late", 6))
+        timer.start()
+        try:
+            assert reader.receive(timeout_ns=5_000_000_000) == (b"late", 6)
+        finally:
+            timer.join(5)
+
     def test_a_handler_error_loses_no_later_record(self, ring):
         """The records after the one whose handler raised are still delivered, in order."""
         reader, writer = ring.reader(), ring.writer()
@@ -764,6 +804,7 @@ class TestLifetime:
             lambda: reader.poll(lambda v, t: None),
             lambda: reader.read_batch(),
             lambda: reader.receive(timeout_ns=1_000_000),
+            lambda: reader.take(),
             lambda: reader.wait_readable(timeout_ns=1_000_000),
         ):
             with pytest.raises(ClosedResourceError):

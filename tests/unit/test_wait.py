@@ -84,6 +84,39 @@ class TestStrategyPhases:
             wait.idle(None)  # without a parker it never sleeps
         assert len(parker.parks) == 2
 
+    def test_a_spinning_parker_gets_the_whole_spin_phase_in_one_call(self):
+        """Adaptive: one compiled spin of the remaining checks, then yields, then parks."""
+
+        class SpinningParker(FakeParker):
+            def __init__(self) -> None:
+                super().__init__()
+                self.spins: list[int] = []
+
+            def spin(self, checks: int) -> bool:
+                self.spins.append(checks)
+                return False
+
+        parker = SpinningParker()
+        wait = AdaptiveWait(spin_checks=100, yield_checks=2, park_timeout_ns=7_000_000)
+        wait.idle(parker)
+        assert parker.spins == [100] and parker.parks == []
+        wait.idle(parker)
+        wait.idle(parker)  # the two yields
+        assert parker.spins == [100] and parker.parks == []
+        wait.idle(parker)
+        assert parker.parks == [7_000_000]
+        wait.reset()
+        wait.spun()  # the caller spun the phase itself (a ring's receive): yields come next
+        wait.idle(parker)
+        wait.idle(parker)
+        wait.idle(parker)
+        assert parker.spins == [100] and parker.parks == [7_000_000] * 2
+        spin = BusySpinWait()
+        for _ in range(3):
+            spin.idle(parker)
+        assert parker.spins == [100] + [spin.spin_checks] * 3 and len(parker.parks) == 2
+        assert BlockWait.spin_checks == YieldWait.spin_checks == 0
+
     def test_strategies_by_name(self):
         kinds = {"spin": BusySpinWait, "yield": YieldWait, "block": BlockWait, "adaptive": AdaptiveWait}
         for name, cls in kinds.items():
