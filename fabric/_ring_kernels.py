@@ -96,6 +96,8 @@ __all__ = [
     "ring_abort",
     "ring_offer",
     "ring_offer_batch",
+    "ring_offer_records",
+    "OUT_OF_BOUNDS",
     "ring_offer_buf",
     "buffer_entry_points",
     "ring_poll",
@@ -123,6 +125,7 @@ NOT_CONNECTED = -3
 SUBSCRIBER_DROPPED = -4
 RING_CORRUPT = -5
 TOO_LARGE = -6  # payload longer than the ring's max_record_bytes, or a type id out of 0..2**31-1
+OUT_OF_BOUNDS = -8  # a batch record reaches outside its source buffer (nothing was written)
 # ``ring_take``'s third result when it found nothing: a claim is in progress at the position
 # (its producer may have died there: the caller starts its claim-timeout clock).
 STALL_HINT = 1
@@ -385,35 +388,101 @@ def buffer_entry_points() -> dict:
     return table
 
 
-@jit("int64(int64, int64, int64, int64, int64, int64, int64)")
-def ring_offer_batch(base, producer, src_addr, offsets_addr, lengths_addr, count, type_id):
-    """Offer ``count`` records ``src[offsets[i] : offsets[i] + lengths[i]]`` in order.
+@jit(inline="always")
+def _offer_records(base, producer, src_addr, src_len, offsets, lengths, count, type_id):
+    """Offer ``count`` records ``src[offsets[i] : offsets[i] + lengths[i]]``, one claim per span.
 
-    Stops at the first refusal. Returns how many were committed (``| WAKE_FLAG`` when a
-    wake is due), or the refusal code when none was.
+    Every record is checked first (nothing is written on bad input). Then each claim takes as
+    many records as fit before the wrap and within the gate: one tail update (CAS or store)
+    for the span, then per record meta, payload and commit, in order. The producer's claim
+    record (``P_CLAIM_POS``/``P_CLAIM_LEN``) moves forward with each commit, so it always
+    names the first uncommitted record: recovery of a producer that died mid-span pads from
+    there to the span's end (``Ring.recover_stuck_claim``), and the gate sees the open part.
     """
     cfg = i64_array_at(base + _CFG, 16)
+    cap = cfg[CFG_CAPACITY]
+    mask = cap - 1
     data = base + cfg[CFG_DATA_OFFSET]
-    mask = cfg[CFG_CAPACITY] - 1
     salt = cfg[CFG_SALT]
-    offsets = i64_array_at(offsets_addr, count)
-    lengths = i64_array_at(lengths_addr, count)
-    pw = i64_array_at(base + PRODUCERS_OFFSET + producer * PRODUCER_ENTRY_BYTES, 16)
+    max_record = cfg[CFG_MAX_RECORD]
+    multi = cfg[CFG_MULTI_PRODUCER]
+    prod = base + PRODUCERS_OFFSET + producer * PRODUCER_ENTRY_BYTES
+    pw = i64_array_at(prod, 16)
+    if type_id < 0 or type_id > 0x7FFFFFFF:
+        return TOO_LARGE
+    for i in range(count):
+        n = lengths[i]
+        if n < 0 or n > max_record:
+            return TOO_LARGE
+        o = offsets[i]
+        if o < 0 or o > src_len - n:
+            return OUT_OF_BOUNDS
     done = 0
     code = 0
     nbytes = 0
-    for i in range(count):
-        n = lengths[i]
-        rec = _claim(base, producer, n, type_id)
-        if rec < 0:
-            code = rec
+    while done < count:
+        if load_acquire_at(base + WAKE_OFFSET + WAKE_SUBSCRIBERS * 8) <= 0:
+            pw[P_NOT_CONNECTED] += 1
+            code = NOT_CONNECTED
             break
-        slot = data + (rec & mask)
-        copy_bytes(slot + HDR, src_addr + offsets[i], n)
-        store_release_at(slot, rec ^ salt)  # SYNC POINT: reader's acquire of the commit word
-        nbytes += n
-        done += 1
-    store_release_at(base + PRODUCERS_OFFSET + producer * PRODUCER_ENTRY_BYTES + P_CLAIM_POS * 8, -1)
+        t = load_acquire_at(base + TAIL_OFFSET)
+        rem = cap - (t & mask)
+        first = (lengths[done] + HDR + 7) & ~7
+        pad = 0 if first <= rem else rem
+        room = pw[P_MIN_CACHE] + cap - t  # bytes producers may write from t
+        if pad + first > room:
+            lowest = _min_gate_position(base, cfg[CFG_MAX_SUBSCRIBERS], cfg[CFG_SUBSCRIBERS_OFFSET], cfg[CFG_MAX_PRODUCERS])
+            if lowest < 0:
+                pw[P_NOT_CONNECTED] += 1
+                code = NOT_CONNECTED
+                break
+            pw[P_MIN_CACHE] = lowest
+            room = lowest + cap - t
+            if pad + first > room:
+                if cfg[CFG_SLOW_POLICY] == _POLICY_DROP:
+                    if _drop_laggards(base, cfg[CFG_MAX_SUBSCRIBERS], cfg[CFG_SUBSCRIBERS_OFFSET], t + pad + first - cap) > 0:
+                        pw[P_MIN_CACHE] = 0
+                        continue
+                pw[P_BACK_PRESSURED] += 1
+                code = BACK_PRESSURED
+                break
+        # The span: records that fit before the wrap (after the padding, the whole ring) and the gate.
+        limit = min(room - pad, cap if pad > 0 else rem)
+        span = first
+        k = done + 1
+        while k < count:
+            a = (lengths[k] + HDR + 7) & ~7
+            if span + a > limit:
+                break
+            span += a
+            k += 1
+        total = pad + span
+        pw[P_CLAIM_LEN] = total
+        store_release_at(prod + P_CLAIM_POS * 8, t)
+        if multi != 0:
+            if compare_exchange_at(base + TAIL_OFFSET, t, t + total) != t:
+                store_release_at(prod + P_CLAIM_POS * 8, -1)  # lost the race: `t` is not ours
+                continue
+        else:
+            store_release_at(base + TAIL_OFFSET, t + total)
+        if pad >= HDR:
+            slot = data + (t & mask)
+            store_release_at(slot + 8, (pad & 0xFFFFFFFF) | (PADDING_TYPE << 32))
+            store_release_at(slot, t ^ salt)  # SYNC POINT: the padding is complete
+        rec = t + pad
+        for i in range(done, k):
+            n = lengths[i]
+            slot = data + (rec & mask)
+            store_release_at(slot + 8, ((n + HDR) & 0xFFFFFFFF) | (type_id << 32))
+            copy_bytes(slot + HDR, src_addr + offsets[i], n)
+            store_release_at(slot, rec ^ salt)  # SYNC POINT: reader's acquire of the commit word
+            rec += (n + HDR + 7) & ~7
+            nbytes += n
+            # The claim record names the first uncommitted record (length first: see recovery).
+            pw[P_CLAIM_LEN] = t + total - rec
+            store_release_at(prod + P_CLAIM_POS * 8, rec if rec < t + total else -1)
+        done = k
+    store_release_at(prod + P_CLAIM_POS * 8, -1)
     if done == 0:
         return code
     pw[P_RECORDS] += done
@@ -423,6 +492,32 @@ def ring_offer_batch(base, producer, src_addr, offsets_addr, lengths_addr, count
         fetch_add_at(base + WAKE_OFFSET + WAKE_DOORBELL * 8, 1)
         return done | WAKE_FLAG
     return done
+
+
+@jit("int64(int64, int64, int64, int64, int64, int64, int64)")
+def ring_offer_batch(base, producer, src_addr, offsets_addr, lengths_addr, count, type_id):
+    """Offer ``count`` records ``src[offsets[i] : offsets[i] + lengths[i]]`` in order (for
+    jitted callers: the source and both int64 arrays by address; the source is trusted to
+    hold every record).
+
+    Stops at the first refusal. Returns how many were committed (``| WAKE_FLAG`` when a
+    wake is due), or the refusal code when none was (``TOO_LARGE`` before writing anything).
+    """
+    offsets = i64_array_at(offsets_addr, count)
+    lengths = i64_array_at(lengths_addr, count)
+    return _offer_records(base, producer, src_addr, 1 << 62, offsets, lengths, count, type_id)
+
+
+@jit("int64(int64, int64, Array(uint8, 1, 'C', readonly=True), Array(int64, 1, 'C', readonly=True), "
+     "Array(int64, 1, 'C', readonly=True), int64)")
+def ring_offer_records(base, producer, src, offsets, lengths, type_id):
+    """``ring_offer_batch`` over arrays, each record checked against the source's length:
+    ``OUT_OF_BOUNDS`` (nothing written) when one reaches outside it or the arrays' lengths
+    differ, ``TOO_LARGE`` when one exceeds the ring's record limit."""
+    count = len(lengths)
+    if len(offsets) != count:
+        return OUT_OF_BOUNDS
+    return _offer_records(base, producer, data_address(src), len(src), offsets, lengths, count, type_id)
 
 
 # --- subscriber side ------------------------------------------------------------------------
@@ -700,6 +795,7 @@ def warm_up() -> None:
         ring_abort,
         ring_offer,
         ring_offer_batch,
+        ring_offer_records,
         ring_offer_buf,
         ring_poll,
         ring_poll_packets,

@@ -468,9 +468,6 @@ class Ring:
         if not K.ring_stalled_at(self.segment.address, position):
             return True
         cap = self.capacity_bytes
-        slot = self.data_offset + (position & (cap - 1))
-        commit_addr = self.segment.address + slot
-        seen = K.read_word(commit_addr)
         owners = []
         for p in range(self.max_producers):
             cpos = K.read_word(self._producer_addr(p, P_CLAIM_POS))
@@ -484,13 +481,11 @@ class Ring:
             pid = K.read_word(self._producer_addr(p, P_PID))
             if state != STATE_FREE and is_alive(pid, K.read_word(self._producer_addr(p, P_START_MS))):
                 return False  # a live producer may still commit: never overwrite it
-        if seen == ~(position ^ self._salt):
-            meta = K.read_word(commit_addr + 8)
-            end = position + align_record(meta & 0xFFFFFFFF)
-        else:
-            # Header not written yet: the claim's end is the owner's claim end. Two dead owners of
-            # overlapping claims can only happen when one CAS failed; the smaller end is the real one.
-            end = min(cpos + clen for _, cpos, clen in owners)
+        # The claim's end: a span of records (offer_batch) or one record. Its committed records
+        # stay; a record with its in-progress marker becomes padding of its own length; from
+        # the first slot with no header written, the rest of the claim becomes padding. Two dead
+        # owners of overlapping claims can only happen when one CAS failed; the smaller end is real.
+        end = min(cpos + clen for _, cpos, clen in owners)
         pos = position
         recovered = 0
         while pos < end:
@@ -499,11 +494,18 @@ class Ring:
             if rem < RECORD_HEADER_BYTES:
                 pos += rem
                 continue
-            length = min(end - pos, rem)
             addr = self.segment.address + self.data_offset + off
-            K.publish_word(addr + 8, (length & 0xFFFFFFFF) | (PADDING_TYPE << 32))
             observed = K.read_word(addr)
-            if observed != pos ^ self._salt and K.cas_word(addr, observed, pos ^ self._salt) == observed:
+            meta_len = K.read_word(addr + 8) & 0xFFFFFFFF
+            if observed == pos ^ self._salt:  # committed before its producer died: keep it
+                pos += max(align_record(meta_len), RECORD_HEADER_BYTES)
+                continue
+            if observed == ~(pos ^ self._salt) and RECORD_HEADER_BYTES <= meta_len and align_record(meta_len) <= min(rem, end - pos):
+                length = align_record(meta_len)
+            else:
+                length = min(end - pos, rem)
+            K.publish_word(addr + 8, (length & 0xFFFFFFFF) | (PADDING_TYPE << 32))
+            if K.cas_word(addr, observed, pos ^ self._salt) == observed:
                 recovered += length
             pos += length
         for p, _, _ in owners:
@@ -773,34 +775,53 @@ class RingWriter:
     def offer_batch(self, buffer: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, type_id: int = 0) -> int:
         """Append records ``buffer[offsets[i] : offsets[i] + lengths[i]]`` in one compiled call.
 
+        ``buffer`` is a C-contiguous 1-D uint8 array; ``offsets`` and ``lengths`` are 1-D
+        int64 arrays (other integer sequences are converted, at a cost). Records are claimed
+        a span at a time (one tail update for all that fit before the wrap).
+
         Returns how many were appended (a prefix; stops at the first refusal), or a
         negative code when none was.
+
+        Raises
+        ------
+        RecordTooLargeError
+            A length is negative or exceeds ``max_record_bytes`` (nothing is written).
+        ValueError
+            A record reaches outside ``buffer``, or the arrays' lengths differ (nothing is written).
         """
         if self._closed:
             raise ClosedResourceError("writer is closed")
-        self._check_no_claim()
-        if buffer.dtype != np.uint8 or buffer.ndim != 1 or not buffer.flags.c_contiguous:
+        if self._claim is not None:
+            self._check_no_claim()
+        try:
+            r = K.ring_offer_records(self._base, self.slot, buffer, offsets, lengths, type_id)
+        except TypeError:
+            buffer, offsets, lengths = self._batch_arrays(buffer, offsets, lengths)
+            r = K.ring_offer_records(self._base, self.slot, buffer, offsets, lengths, type_id)
+        if r >= 0:
+            if r & _WAKE:
+                self._ring._wake_doorbell()
+                return r & _POS_MASK
+            return r
+        if r == K.TOO_LARGE:
+            self._raise_too_large(int(np.max(lengths, initial=0)), type_id)
+        if r == K.OUT_OF_BOUNDS:
+            raise ValueError(
+                f"offer_batch: a record reaches outside the {len(buffer)}-byte buffer, or offsets and lengths "
+                f"differ in length ({len(offsets)} vs {len(lengths)})"
+            )
+        return r
+
+    @staticmethod
+    def _batch_arrays(buffer, offsets, lengths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``offer_batch``'s arguments as the kernel's exact types, or a ``TypeError`` that says why."""
+        if not isinstance(buffer, np.ndarray) or buffer.dtype != np.uint8 or buffer.ndim != 1 or not buffer.flags.c_contiguous:
             raise TypeError("buffer must be a C-contiguous 1-D uint8 array")
         offsets = np.ascontiguousarray(offsets, dtype=np.int64)
         lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-        if offsets.shape != lengths.shape or offsets.ndim != 1:
-            raise ValueError("offsets and lengths must be 1-D and of equal length")
-        n = len(lengths)
-        if n == 0:
-            return 0
-        if lengths.min() < 0 or lengths.max() > self._max:
-            raise RecordTooLargeError(f"a record exceeds the ring's max_record_bytes ({self._max}) or is negative")
-        if offsets.min() < 0 or int((offsets + lengths).max()) > len(buffer):
-            raise ValueError("offsets/lengths reach outside the buffer")
-        r = K.ring_offer_batch(
-            self._base, self.slot, buffer.ctypes.data, offsets.ctypes.data, lengths.ctypes.data, n, type_id
-        )
-        if r >= 0 and r & _WAKE:
-            self._ring._wake_doorbell()
-            return r & _POS_MASK
-        if r == K.TOO_LARGE:
-            self._raise_too_large(int(lengths.max()), type_id)
-        return r
+        if offsets.ndim != 1 or lengths.ndim != 1:
+            raise ValueError("offsets and lengths must be 1-D")
+        return buffer, offsets, lengths
 
     def send(self, data: bytes | bytearray | memoryview | np.ndarray, type_id: int = 0, *, timeout_ns: int = 5_000_000_000) -> int:
         """Append one record, waiting up to ``timeout_ns`` for room (and for a subscriber).
@@ -869,14 +890,17 @@ class RingWriter:
 class RecordBatch:
     """Records found by one ``read_batch``: zero-copy views, valid until ``release()``.
 
-    Iterating yields ``(memoryview, type_id)`` pairs.
+    Iterating yields ``(memoryview, type_id)`` pairs. For numpy consumers, ``offsets``,
+    ``lengths`` and ``type_ids`` are arrays (``offsets`` index the segment's bytes,
+    ``ring.segment.u8``), with no Python object per record. The descriptors live in the
+    reader's buffer: like the views, they are valid until the reader's next read.
     """
 
-    __slots__ = ("_reader", "_descs", "count", "end_position", "_released")
+    __slots__ = ("_reader", "_desc", "count", "end_position", "_released")
 
-    def __init__(self, reader: "RingReader", descs: list, count: int, end_position: int) -> None:
+    def __init__(self, reader: "RingReader", desc: np.ndarray, count: int, end_position: int) -> None:
         self._reader = reader
-        self._descs = descs
+        self._desc = desc  # [end, _, offset0, meta0, offset1, meta1, ...]
         self.count = count
         self.end_position = end_position
         self._released = False
@@ -886,15 +910,30 @@ class RecordBatch:
 
     def __iter__(self):
         mv = self._reader._mv
-        d = self._descs
-        for i in range(2, 2 + 2 * self.count, 2):
+        d = self._desc[2 : 2 + 2 * self.count].tolist()
+        for i in range(0, len(d), 2):
             off = d[i]
             meta = d[i + 1]
             yield mv[off : off + (meta & 0xFFFFFFFF)], meta >> 32
 
+    @property
+    def offsets(self) -> np.ndarray:
+        """Each record's payload offset in the segment (an int64 view, no copy)."""
+        return self._desc[2 : 2 + 2 * self.count : 2]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Each record's payload length in bytes."""
+        return self._desc[3 : 2 + 2 * self.count : 2] & 0xFFFFFFFF
+
+    @property
+    def type_ids(self) -> np.ndarray:
+        """Each record's type id."""
+        return self._desc[3 : 2 + 2 * self.count : 2] >> 32
+
     def descriptors(self) -> list:
         """``[payload_offset, (type << 32) | length, ...]`` pairs (offsets into the segment)."""
-        return self._descs[2 : 2 + 2 * self.count]
+        return self._desc[2 : 2 + 2 * self.count].tolist()
 
     def release(self) -> None:
         """Hand the records' memory back to producers (published by the reader's next call)."""
@@ -1051,11 +1090,11 @@ class RingReader:
         """
         n = self._poll_descs(limit)
         if n == 0:
-            return RecordBatch(self, [], 0, self.position)
-        d = self._desc[: 2 + 2 * n].tolist()
-        self.position = d[0]
+            return RecordBatch(self, self._desc, 0, self.position)
+        end = int(self._desc[0])
+        self.position = end
         self._outstanding = True
-        return RecordBatch(self, d, n, d[0])
+        return RecordBatch(self, self._desc, n, end)
 
     def _took_nothing(self, end: int, meta: int) -> None:
         """A take kernel found no record: errors, skipped padding, a claim in progress."""

@@ -219,6 +219,47 @@ def claim_and_hang(ring_name: str, cfg: dict) -> None:
     time.sleep(cfg.get("sleep_s", 60.0))
 
 
+def span_and_hang(ring_name: str, cfg: dict) -> None:
+    """Leave exactly the state ``offer_batch``'s kernel leaves when killed mid-span, then sleep.
+
+    A span of ``records`` records of ``length`` bytes is claimed (tail moved, claim record
+    set); the first ``committed`` are committed (type 7, payload ``bytes([i]) * length``); the
+    next has its meta written (if ``meta``) and half its payload, but no commit word; the
+    claim record names it, as the kernel's does. Says ``CLAIMED <span start>``.
+    """
+    from fabric._ring_kernels import publish_word, read_word
+    from fabric.ring import Ring
+    from shm_layouts.record import RECORD_HEADER_BYTES, align_record
+    from shm_layouts.ring import P_CLAIM_LEN, P_CLAIM_POS, TAIL_OFFSET
+
+    ring = Ring.attach(ring_name)
+    writer = ring.writer()
+    base, salt = ring.segment.address, ring._salt
+    length, records, committed = cfg["length"], cfg["records"], cfg["committed"]
+    step = align_record(length + RECORD_HEADER_BYTES)
+    t = read_word(base + TAIL_OFFSET)
+    assert (t % ring.capacity_bytes) + records * step <= ring.capacity_bytes, "the span must not wrap"
+    total = records * step
+    publish_word(ring._producer_addr(writer.slot, P_CLAIM_LEN), total)
+    publish_word(ring._producer_addr(writer.slot, P_CLAIM_POS), t)
+    publish_word(base + TAIL_OFFSET, t + total)
+    u8 = ring.segment.u8
+    rec = t
+    for i in range(committed + 1):
+        slot = ring.data_offset + (rec % ring.capacity_bytes)
+        if i < committed or cfg.get("meta"):
+            publish_word(base + slot + 8, (length + RECORD_HEADER_BYTES) | (7 << 32))
+        n = length if i < committed else length // 2
+        u8[slot + RECORD_HEADER_BYTES : slot + RECORD_HEADER_BYTES + n] = i
+        if i < committed:
+            publish_word(base + slot, rec ^ salt)
+            rec += step
+            publish_word(ring._producer_addr(writer.slot, P_CLAIM_LEN), t + total - rec)
+            publish_word(ring._producer_addr(writer.slot, P_CLAIM_POS), rec)
+    _say(f"CLAIMED {t}")
+    time.sleep(cfg.get("sleep_s", 60.0))
+
+
 def slow_commit(ring_name: str, cfg: dict) -> None:
     """Claim, fill half, say CLAIMED; on the parent's COMMIT line fill the rest and commit."""
     from fabric.ring import Ring
@@ -297,6 +338,7 @@ ROLES = {
     "producer": producer,
     "raw_offerer": raw_offerer,
     "claim_and_hang": claim_and_hang,
+    "span_and_hang": span_and_hang,
     "slow_commit": slow_commit,
     "idle_subscriber": idle_subscriber,
     "parked_reader": parked_reader,

@@ -108,6 +108,32 @@ class TestDeadProducer:
             assert got == _b_records(20), f"{api}: got {len(got)} of 20 records after a dead claim"
             assert ring.statistics().recovered_claims == 1
 
+    @pytest.mark.parametrize("committed", [0, 3])
+    @pytest.mark.parametrize("meta", [True, False], ids=["meta", "no-meta"])
+    def test_a_batch_producer_killed_mid_span_loses_only_its_uncommitted_records(self, prefix, committed, meta):
+        """offer_batch claims a span at once: its committed records are delivered, the rest of
+        the span is recovered as padding, and later records flow."""
+        with Ring.create(f"{prefix}-span", RingConfig(capacity_bytes=1 << 16)) as ring:
+            reader = ring.reader()
+            reader.claim_timeout_ns = CLAIM_TIMEOUT_NS
+            writer = ring.writer()
+            children = []
+            try:
+                dying = _peer("span_and_hang", ring, length=40, records=8, committed=committed, meta=meta)
+                children.append(dying)
+                assert int(dying.wait_line("CLAIMED", 30)) == 0
+                assert _drain(reader) == [(bytes([i]) * 40, 7) for i in range(committed)]  # the rest waits
+                dying.sigkill()
+            finally:
+                stop_all(children)
+            for seq in range(20):
+                writer.send(b"B" + seq.to_bytes(8, "little"), 2, timeout_ns=2_000_000_000)
+            got = _collect(reader, 20, timeout_s=10)
+            assert got == _b_records(20)
+            stats = ring.statistics()
+            assert stats.recovered_claims == 1
+            assert stats.recovered_bytes == (8 - committed) * rec(40)
+
     def test_claim_of_a_killed_producer_is_recovered_and_later_records_arrive(self, prefix):
         count = 5_000  # 160 KB through a 64 KB ring: the second producer blocks on the dead claim
         with Ring.create(f"{prefix}-dead", RingConfig(capacity_bytes=1 << 16)) as ring:
