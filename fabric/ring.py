@@ -710,10 +710,22 @@ class RingWriter:
         self.wait = wait
         self._base = ring.segment.address
         self._max = ring.max_record_bytes
-        self._entry = K.buffer_entry_points()
-        self._entry_open = self._entry
+        self._entries = K.buffer_entry_points()
+        self._entry = self._entries  # swapped for {} while offers must take the checked path
         self._claim: Claim | None = None
         self._closed = False
+        # True while the writer may offer without checks: no open claim, not closed. A list cell,
+        # so fast paths built over this writer (PacketWriter's offer) see it change.
+        self._gate = [True]
+
+    def _offer_result(self, r: int, length: int, type_id: int) -> int:
+        """What an offer kernel's result means: wake parked readers, or raise on bad input."""
+        if r >= 0:
+            self._ring._wake_doorbell()
+            return r & _POS_MASK
+        if r == K.TOO_LARGE:
+            self._raise_too_large(length, type_id)
+        return r
 
     def offer(self, data: bytes | bytearray | memoryview | np.ndarray, type_id: int = 0) -> int:
         """Append one record at once.
@@ -730,35 +742,27 @@ class RingWriter:
             ``len(data)`` exceeds the ring's ``max_record_bytes`` (or ``type_id`` is
             outside 0..2**31-1).
         """
-        fn = self._entry.get(type(data))  # empty once closed: the slow path raises
+        fn = self._entry.get(type(data))  # empty once closed or while a claim is open
         if fn is None:
-            return self._offer_other(data, type_id)
+            return self._offer_slow(data, type_id)
         r = fn(self._base, self.slot, data, type_id)
-        if r >= 0:
-            if r >= _WAKE:
-                self._ring._wake_doorbell()
-                return r & _POS_MASK
+        if r >= 0 and r < _WAKE:
             return r
-        if r == K.TOO_LARGE:
-            self._raise_too_large(len(data), type_id)
-        return r
+        return self._offer_result(r, len(data), type_id)
 
-    def _offer_other(self, data, type_id: int) -> int:
+    def _offer_slow(self, data, type_id: int) -> int:
         if self._closed:
             raise ClosedResourceError("writer is closed")
         self._check_no_claim()
+        fn = self._entries.get(type(data))
+        if fn is not None:
+            r = fn(self._base, self.slot, data, type_id)
+            return r if 0 <= r < _WAKE else self._offer_result(r, len(data), type_id)
         arr = data.view(np.uint8).ravel() if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
         if not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr)
         r = K.ring_offer_buf(self._base, self.slot, arr, type_id)
-        if r >= 0:
-            if r >= _WAKE:
-                self._ring._wake_doorbell()
-                return r & _POS_MASK
-            return r
-        if r == K.TOO_LARGE:
-            self._raise_too_large(len(arr), type_id)
-        return r
+        return r if 0 <= r < _WAKE else self._offer_result(r, len(arr), type_id)
 
     def _check_no_claim(self) -> None:
         if self._claim is not None:
@@ -853,14 +857,15 @@ class RingWriter:
         start = self._ring.data_offset + (rec & (self._ring.capacity_bytes - 1)) + RECORD_HEADER_BYTES
         claim = Claim(self, rec, memoryview(seg.u8)[start : start + length])
         self._claim = claim
-        self._entry_open = self._entry
-        self._entry = {}  # offers go through the checked path (and refuse) until the claim ends
+        self._gate[0] = False  # offers go through the checked path (and refuse) until the claim ends
+        self._entry = {}
         return claim
 
     def _claim_ended(self) -> None:
         self._claim = None
         if not self._closed:
-            self._entry = self._entry_open
+            self._gate[0] = True
+            self._entry = self._entries
 
     def statistics(self) -> ProducerStatistics:
         for p in self._ring.statistics().producers:
@@ -875,6 +880,7 @@ class RingWriter:
         if self._claim is not None and not self._ring.closed:
             self._claim.abort()  # an open claim left behind would gate every producer for good
         self._closed = True
+        self._gate[0] = False
         self._entry = {}
         if not self._ring.closed:
             self._ring._release_producer_slot(self.slot)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fabric.channel import MalformedRecord, PacketReader, PacketWriter
-from fabric.errors import ClosedResourceError, CodecError, RecordTooLargeError
+from fabric.errors import ClaimPendingError, ClosedResourceError, CodecError, RecordTooLargeError
 from fabric.packet import NDARRAY_EXT, PacketCodec, PhasePacket, read_header, topic_id
 from fabric.ring import BACK_PRESSURED, NOT_CONNECTED, Ring, RingConfig
 from shm_layouts.packet import PACKET_HEADER_BYTES, PACKET_MAGIC, PACKET_TYPE
@@ -412,6 +412,23 @@ class TestPacketEndpoints:
         writer.close()
         with pytest.raises(ClosedResourceError):
             writer.offer(PhasePacket(topic="t"))
+
+    def test_an_open_claim_or_a_closed_ring_writer_stops_a_bound_offer(self, ring):
+        """``offer`` taken once (``offer = writer.offer``, as hot loops do) still sees its ring
+        writer's claim and close."""
+        writer = PacketWriter(ring.writer())
+        preader = PacketReader(ring.reader())
+        offer = writer.offer
+        assert offer(PhasePacket(id=1, topic="t")) >= 0
+        claim = writer.writer.try_claim(8)
+        with pytest.raises(ClaimPendingError):
+            offer(PhasePacket(id=2, topic="t"))
+        claim.commit()
+        assert offer(PhasePacket(id=3, topic="t")) >= 0
+        writer.writer.close()
+        with pytest.raises(ClosedResourceError):
+            offer(PhasePacket(id=4, topic="t"))
+        assert [p.id for p in preader.receive_batch(10)] == [1, 3]
 
 
 def _garbage_records():
