@@ -21,6 +21,7 @@ Handles are not thread-safe: use one client per thread.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -44,6 +45,9 @@ from shm_layouts.control import (
 )
 
 __all__ = ["attach", "FabricClient", "Publisher", "Subscriber"]
+
+#: Low 40 bits of a packet id: the client's sequence number (above: component and epoch).
+_SEQ_MASK = 0xFFFFFFFFFF
 
 
 def attach(name: str = "chronofabric", *, timeout_ns: int = 5_000_000_000) -> "FabricClient":
@@ -84,7 +88,8 @@ class FabricClient:
         self._flusher = threading.Thread(target=self._flush_loop, name=f"chronofabric-counters-{name}", daemon=True)
         self._rings: dict[tuple[int, int], Ring] = {}
         self._writers: dict[int, PacketWriter] = {}
-        self._seq = 0
+        # Packet sequence numbers: next() on a C iterator is one call, and atomic under the GIL.
+        self._seqs = itertools.count(1)
         self._handles: list = []
         self._arena = None
         self._closed = False
@@ -124,8 +129,7 @@ class FabricClient:
         return w
 
     def _next_id(self) -> int:
-        self._seq += 1
-        return self._id_base | (self._seq & 0xFFFFFFFFFF)
+        return self._id_base | (next(self._seqs) & _SEQ_MASK)
 
     def _count(self, field: str, n: int = 1) -> None:
         self._counts[field] += n
@@ -263,6 +267,14 @@ class Publisher:
         self.priority = priority
         self.targets = targets
         self._closed = False
+        # The fast path of publish/try_publish (no deadline, deps or per-call overrides) binds
+        # everything it touches once: ~0.1 us of lookups and calls per packet otherwise.
+        self._offer = client._writer(RingRole.ROUTER_IN).offer
+        self._tick = client.hlc.tick
+        self._next_seq = client._seqs.__next__
+        self._id_base = client._id_base
+        self._source = client.component
+        self._counts = client._counts
 
     def _packet(
         self, payload: Any, priority: int | None, deadline_ns: int, targets: int | None, deps: tuple, blob: int = 0
@@ -293,6 +305,15 @@ class Publisher:
         """Publish at once; returns the packet id, or None when the fabric refused it (counted)."""
         if self._closed:
             raise ClosedResourceError(f"publisher on {self.topic!r} is closed")
+        if priority is None and targets is None and not deadline_ns and not deps:
+            pid = self._id_base | (self._next_seq() & _SEQ_MASK)
+            pkt = PhasePacket(id=pid, hlc=self._tick(), source=self._source, targets=self.targets,
+                              priority=self.priority, topic=self.topic, payload=payload)
+            if self._offer(pkt) >= 0:
+                self._counts["published"] += 1
+                return pid
+            self._counts["refused"] += 1
+            return None
         pkt = self._packet(payload, priority, deadline_ns, targets, tuple(deps))
         if self._writer_for(deadline_ns, pkt.deps).offer(pkt) >= 0:
             self._client._count("published")
@@ -328,15 +349,28 @@ class Publisher:
         """
         if self._closed:
             raise ClosedResourceError(f"publisher on {self.topic!r} is closed")
+        if priority is None and targets is None and not deadline_ns and not deps:
+            # The common case, written out: one tick, one packet, one offer (~1 us in all).
+            pid = self._id_base | (self._next_seq() & _SEQ_MASK)
+            pkt = PhasePacket(id=pid, hlc=self._tick(), source=self._source, targets=self.targets,
+                              priority=self.priority, topic=self.topic, payload=payload)
+            if self._offer(pkt) < 0:
+                self._send(self._client._writer(RingRole.ROUTER_IN), pkt, timeout_ns)  # room ran out: wait
+            self._counts["published"] += 1
+            return pid
         pkt = self._packet(payload, priority, deadline_ns, targets, tuple(deps))
+        self._send(self._writer_for(deadline_ns, pkt.deps), pkt, timeout_ns)
+        self._client._count("published")
+        return pkt.id
+
+    def _send(self, writer: PacketWriter, pkt: PhasePacket, timeout_ns: int) -> None:
+        """``writer.send`` (waits for room up to ``timeout_ns``); a timeout is counted as refused."""
         try:
-            self._writer_for(deadline_ns, pkt.deps).send(pkt, timeout_ns=timeout_ns)
+            writer.send(pkt, timeout_ns=timeout_ns)
         except TimeoutError:
             self._client._count("refused")
             self._client.check()
             raise
-        self._client._count("published")
-        return pkt.id
 
     def publish_array(
         self,
