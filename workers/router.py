@@ -6,6 +6,14 @@ rebuilding its route table whenever the control block's subscriptions change.
 Its input slot is durable: a restarted router adopts it and resumes from its last
 released position, and its fan-out resume point (in its control-block row) keeps
 a half-delivered packet from being delivered twice to the same inbox.
+
+A step is one compiled call with two integer arguments (the call block's address and
+the input position) and one read of what the call did (``stats[R_EVENTS]``): the route
+table is rebuilt only when the kernel reports the subscriptions or topics changed, and
+a stalled input (a dead producer's claim) is looked at once a millisecond while idle.
+``step`` returns how many records it consumed and ``full_batch`` says how many a call
+takes, so the worker loop can give the core away after a partial batch (see
+``workers.loop``).
 """
 
 from __future__ import annotations
@@ -16,8 +24,14 @@ from loguru import logger
 from fabric import _ring_kernels as K
 from fabric._futex import futex_wake
 from fabric.errors import BrokenResourceError
+from fabric.ring import _entry_point
 from fabric.routing import (
+    EV_BLOCKED,
+    EV_SHIFT,
+    EV_STALE,
+    EV_WAKE,
     R_BLOCKED,
+    R_EVENTS,
     R_DEAD_DROPPED,
     R_DEAD_LETTERED,
     R_DELIVERED,
@@ -34,6 +48,7 @@ from fabric.routing import (
     T_NO_SUBSCRIBER,
     T_ROUTED,
     RouteTable,
+    call_block,
     route_batch,
 )
 from fabric.wait import BackoffParker, Parker
@@ -43,6 +58,9 @@ from workers.base import Worker, WorkerContext
 
 __all__ = ["RouterWorker"]
 
+
+#: While idle, a stalled input (a claim nobody commits) is looked at this often.
+_STALL_CHECK_NS = 1_000_000
 
 _TOPIC_FIELDS = ((T_ROUTED, "routed"), (T_DELIVERED, "delivered"), (T_NO_SUBSCRIBER, "no_subscriber"), (T_FILTERED, "filtered"), (T_BYTES, "bytes"))
 
@@ -55,6 +73,7 @@ class RouterWorker(Worker):
     def __init__(self, ctx: WorkerContext, *, batch: int = 256) -> None:
         super().__init__(ctx)
         self.batch = batch
+        self.full_batch = batch  # a step that consumed fewer found the input drained
         control = ctx.control
         self.input = ctx.ring(RingRole.ROUTER_IN)
         slot = int(ctx.counters["reader_slot"])
@@ -83,6 +102,11 @@ class RouterWorker(Worker):
         self._progress = False
         self._backoff = BackoffParker()
         self._version_addr = control.segment.address + FABRIC_OFFSET + FABRIC_DTYPE.fields["subscriptions_version"][1]
+        self._topics_version_addr = control.segment.address + FABRIC_OFFSET + FABRIC_DTYPE.fields["topics_version"][1]
+        self._kernel = _entry_point(route_batch)
+        self._block = None  # the kernel's call block: addresses of the table's arrays (kept alive with it)
+        self._block_addr = 0
+        self._next_stall_check_ns = 0
         self._refresh_routes()
         logger.info(
             "router: input slot {} at position {}, {} inboxes, {} topics",
@@ -103,78 +127,74 @@ class RouterWorker(Worker):
         self._subs_version = subs_v
         self._topics_version = topics_v
         self.table = RouteTable(control.topics, control.subscriptions)
+        self._block = call_block(
+            self.table,
+            in_base=self.input.segment.address,
+            in_slot=self.reader.slot,
+            max_records=self.batch,
+            inbox_bases=self.inbox_bases,
+            inbox_slots=self.inbox_slots,
+            fanout_addr=self.fanout_addr,
+            dl_base=self.dead_letter.segment.address,
+            dl_slot=self.dl_writer.slot,
+            stats=self.stats,
+            subs_version_addr=self._version_addr,
+            subs_version=subs_v,
+            topics_version_addr=self._topics_version_addr,
+            topics_version=topics_v,
+            arena_base=self._arena_base,
+            arena_slots=self._arena_slots,
+        )
+        self._block_addr = self._block.ctypes.data
         logger.debug("router: route table rebuilt ({} topics, {} routes) subs_v={}", len(self.table), len(self.table.route_inbox), subs_v)
 
     def step(self, now_ns: int) -> int:
-        self._refresh_routes()
-        pos = self._route()
-        if self.stats[R_STALE]:
-            self._refresh_routes()  # subscriptions changed under this batch: route the rest with the new table
-            pos = self._route()
-        return self._after_route(pos, now_ns)
-
-    def _route(self) -> int:
-        t = self.table
+        """Route what is waiting (up to ``batch`` records); returns how many records it consumed."""
         reader = self.reader
-        pos = route_batch(
-            self.input.segment.address,
-            reader.slot,
-            reader.position,
-            self.batch,
-            t.keys,
-            t.topic_admit,
-            t.route_start,
-            t.route_count,
-            t.route_inbox,
-            t.route_owner,
-            t.route_min_priority,
-            t.route_source,
-            t.route_target_bits,
-            self.inbox_bases,
-            self.inbox_slots,
-            self.fanout_addr,
-            self.dead_letter.segment.address,
-            self.dl_writer.slot,
-            self.stats,
-            t.topic_stats,
-            self._version_addr,
-            self._subs_version,
-            self._arena_base,
-            self._arena_slots,
-        )
-        if pos >= 0 and pos != reader.position:
-            reader.position = pos
-            self._progress = True
-        return pos
-
-    def _after_route(self, pos: int, now_ns: int) -> int:
-        reader = self.reader
-        progressed = self._progress
-        self._progress = False
-        if pos < 0:
-            raise BrokenResourceError(f"router: input ring refused the router (code {pos})")
-        wake = int(self.stats[R_WAKE_MASK])
-        if wake:
-            self.stats[R_WAKE_MASK] = 0
-            for i in range(len(self.inbox_bases)):
-                if wake >> i & 1:
-                    futex_wake(int(self.inbox_bases[i]) + WAKE_OFFSET + WAKE_DOORBELL * 8)
-        if progressed:
-            self._backoff.reset()
-        if not progressed:
-            if now_ns >= self._next_publish_ns:
-                self._publish_counters()
-                self._next_publish_ns = now_ns + 20_000_000
-            if not self.stats[R_BLOCKED]:
-                reader._check_stall()  # a dead producer's claim may block the input
-            return 0
+        start = reader.position
+        pos = self._kernel(self._block_addr, start)
+        ev = int(self.stats[R_EVENTS])
+        if ev & EV_STALE:
+            # Subscriptions or topics changed under this batch: rebuild, route the rest with the new table.
+            self._advance(pos)
+            self._refresh_routes()
+            pos = self._kernel(self._block_addr, reader.position)
+            ev2 = int(self.stats[R_EVENTS])
+            ev = (((ev >> EV_SHIFT) + (ev2 >> EV_SHIFT)) << EV_SHIFT) | (ev2 & 0xFF) | (ev & EV_WAKE)
+        self._advance(pos)
+        if ev & EV_WAKE:
+            self._wake(int(self.stats[R_WAKE_MASK]))
+        if reader.position == start:
+            return self._idle(now_ns, ev)
+        self._backoff.reset()
         if now_ns >= self._next_publish_ns:
             self._publish_counters()
             self._next_publish_ns = now_ns + 20_000_000  # stat refreshes see counters at most 20 ms old
             if self.stats[R_MAX_HLC]:
                 self.ctx.hlc.try_update(int(self.stats[R_MAX_HLC]))  # this hop's clock follows what it routed
                 self.stats[R_MAX_HLC] = 0
-        return 1
+        n = ev >> EV_SHIFT
+        return n if n > 0 else 1  # only padding skipped: still progress
+
+    def _advance(self, pos: int) -> None:
+        if pos < 0:
+            raise BrokenResourceError(f"router: input ring refused the router (code {pos})")
+        self.reader.position = pos
+
+    def _wake(self, mask: int) -> None:
+        self.stats[R_WAKE_MASK] = 0
+        for i in range(len(self.inbox_bases)):
+            if mask >> i & 1:
+                futex_wake(int(self.inbox_bases[i]) + WAKE_OFFSET + WAKE_DOORBELL * 8)
+
+    def _idle(self, now_ns: int, ev: int) -> int:
+        if now_ns >= self._next_publish_ns:
+            self._publish_counters()
+            self._next_publish_ns = now_ns + 20_000_000
+        if not ev & EV_BLOCKED and now_ns >= self._next_stall_check_ns:
+            self._next_stall_check_ns = now_ns + _STALL_CHECK_NS
+            self.reader._check_stall()  # a dead producer's claim may block the input
+        return 0
 
     def _publish_counters(self) -> None:
         """Move the batch counters into the control block (the router is their single writer)."""
