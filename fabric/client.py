@@ -21,7 +21,6 @@ Handles are not thread-safe: use one client per thread.
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -88,8 +87,7 @@ class FabricClient:
         self._flusher = threading.Thread(target=self._flush_loop, name=f"chronofabric-counters-{name}", daemon=True)
         self._rings: dict[tuple[int, int], Ring] = {}
         self._writers: dict[int, PacketWriter] = {}
-        # Packet sequence numbers: next() on a C iterator is one call, and atomic under the GIL.
-        self._seqs = itertools.count(1)
+        self._seq = 0  # the last packet sequence number issued (ids: _id_base | seq)
         self._handles: list = []
         self._arena = None
         self._closed = False
@@ -129,7 +127,8 @@ class FabricClient:
         return w
 
     def _next_id(self) -> int:
-        return self._id_base | (next(self._seqs) & _SEQ_MASK)
+        self._seq = seq = self._seq + 1
+        return self._id_base | (seq & _SEQ_MASK)
 
     def _count(self, field: str, n: int = 1) -> None:
         self._counts[field] += n
@@ -271,7 +270,6 @@ class Publisher:
         # everything it touches once: ~0.1 us of lookups and calls per packet otherwise.
         self._offer = client._writer(RingRole.ROUTER_IN).offer
         self._tick = client.hlc.tick
-        self._next_seq = client._seqs.__next__
         self._id_base = client._id_base
         self._source = client.component
         self._counts = client._counts
@@ -306,7 +304,9 @@ class Publisher:
         if self._closed:
             raise ClosedResourceError(f"publisher on {self.topic!r} is closed")
         if priority is None and targets is None and not deadline_ns and not deps:
-            pid = self._id_base | (self._next_seq() & _SEQ_MASK)
+            c = self._client
+            c._seq = seq = c._seq + 1
+            pid = self._id_base | (seq & _SEQ_MASK)
             pkt = PhasePacket(id=pid, hlc=self._tick(), source=self._source, targets=self.targets,
                               priority=self.priority, topic=self.topic, payload=payload)
             if self._offer(pkt) >= 0:
@@ -351,11 +351,13 @@ class Publisher:
             raise ClosedResourceError(f"publisher on {self.topic!r} is closed")
         if priority is None and targets is None and not deadline_ns and not deps:
             # The common case, written out: one tick, one packet, one offer (~1 us in all).
-            pid = self._id_base | (self._next_seq() & _SEQ_MASK)
+            c = self._client
+            c._seq = seq = c._seq + 1
+            pid = self._id_base | (seq & _SEQ_MASK)
             pkt = PhasePacket(id=pid, hlc=self._tick(), source=self._source, targets=self.targets,
                               priority=self.priority, topic=self.topic, payload=payload)
             if self._offer(pkt) < 0:
-                self._send(self._client._writer(RingRole.ROUTER_IN), pkt, timeout_ns)  # room ran out: wait
+                self._send(c._writer(RingRole.ROUTER_IN), pkt, timeout_ns)  # room ran out: wait
             self._counts["published"] += 1
             return pid
         pkt = self._packet(payload, priority, deadline_ns, targets, tuple(deps))
