@@ -336,6 +336,8 @@ class HybridLogicalClock:
         "_now",
         "_max_offset_ns",
         "_lock",
+        "_acquire",
+        "_release",
         "_stamp",
         "_last_pt",
         "_ticks",
@@ -365,6 +367,9 @@ class HybridLogicalClock:
         self._now = _int_reader(self._source)
         self._max_offset_ns = int(max_offset_ns)
         self._lock = threading.Lock()
+        # tick/try_update take the lock through bound methods: ~60 ns less than ``with``.
+        self._acquire = self._lock.acquire
+        self._release = self._lock.release
         self._stamp = _check_stamp(initial_stamp, "initial_stamp")
         self._last_pt = -1
         self._ticks = 0
@@ -430,7 +435,8 @@ class HybridLogicalClock:
         """
         # The publish hot path: _read_physical and the carry test are written out here
         # (each method call costs ~60 ns). Same lock, same reading inside it, same rule.
-        with self._lock:
+        self._acquire()
+        try:
             pt = self._now()
             if pt < self._last_pt:
                 self._backward_jump(pt)
@@ -445,6 +451,8 @@ class HybridLogicalClock:
             self._stamp = new
             self._ticks += 1
             return new
+        finally:
+            self._release()
 
     def tick_n(self, n: int) -> int:
         """Stamp ``n`` local events at once; returns the first stamp.
@@ -488,7 +496,8 @@ class HybridLogicalClock:
         """
         if remote.__class__ is not int or not 0 <= remote < STAMP_LIMIT:
             remote = _check_stamp(remote, "remote stamp")  # raises unless a numpy integer in range
-        with self._lock:
+        self._acquire()
+        try:
             pt = self._now()
             if pt < self._last_pt:
                 self._backward_jump(pt)
@@ -519,6 +528,8 @@ class HybridLogicalClock:
             if self._history_on:
                 self._history.append((new, remote))
             return CausalityResult(new, remote, True, drift, remote > old)
+        finally:
+            self._release()
 
     def update(self, remote: int) -> CausalityResult:
         """Merge a remote stamp (receive event): ``new = max(old + 1, remote + 1, pt)``.
