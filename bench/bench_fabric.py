@@ -233,9 +233,14 @@ def _receiver(sub, deadline_ns: int) -> Callable[[], Any]:
 
 
 #: How the fabric's workers wait in the latency case, and where the router runs (None: the plan).
-#: Three spinning processes on two cores: whoever shares the router's core must give it the
-#: core between polls (``YieldWait``), and so must the router (``"yield"``); see bench/README.md.
-LATENCY_ROUTER_WAIT: str | None = "yield"
+#: Three spinning processes on two cores: whoever shares the router's core gives it the core
+#: between polls (``YieldWait``). The router keeps the topology's default ("adaptive"): it spins
+#: in compiled code while idle (the pong has nothing to do then either) and yields after each
+#: partial batch (workers.loop), which hands the core to the pong it just delivered to.
+#: Measured (loaded VM, 2 runs each): p50 8.3 us with "adaptive" and with "yield", p99
+#: 17 us against 20-23 us. Before the router yielded after partial batches "adaptive" kept the
+#: pong off the core for milliseconds (p50 2 ms) and "yield" was needed.
+LATENCY_ROUTER_WAIT: str | None = None
 LATENCY_ROUTER_CORE: int | None = None
 
 
@@ -321,7 +326,7 @@ CASES: list[Case] = [
          note="default topology's router; Publisher.publish per message, router routes, Subscriber.receive_batch decodes"),
     Case("chronofabric_fabric/latency_spin", LATENCY_SPIN, _TRANSPORT, fabric_latency,
          n=100_000, quick_n=200, is_peer=False,
-         note="default topology's router, idle strategy 'yield'; ping-pong through the router, one router hop each way"),
+         note="default topology's router and idle strategy; ping-pong through the router, one router hop each way"),
 ]
 
 
