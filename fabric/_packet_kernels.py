@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fabric._atomics import copy_bytes, data_address, i64_array_at
+from fabric._atomics import copy_bytes, data_address, i64_array_at, u8_array_at
 from fabric._jit import jit
+from fabric._pyobject import object_span
 from fabric._ring_kernels import HDR, _claim, _commit_and_check_waiters
 from shm_layouts.packet import (
     MAX_DEPS,
@@ -31,6 +32,7 @@ __all__ = [
     "PARSE_MALFORMED",
     "PARSE_RANGE",
     "ring_offer_packet",
+    "ring_offer_packet_object",
     "ring_poll_packets",
     "build_packet_record",
     "packet_entry_points",
@@ -182,14 +184,8 @@ _SIGS = [
 ]
 
 
-@jit(_SIGS)
-def ring_offer_packet(base, producer, body):
-    """Parse ``body``, claim a record, write header + deps + body, commit.
-
-    Returns the record position (``| WAKE_FLAG`` when a wake is due), a ring refusal
-    code, or a ``PARSE_*`` code (nothing was claimed).
-    """
-    n = len(body)
+@jit(inline="always")
+def _offer_packet(base, producer, body, n):
     code, pid, hlc, source, targets, priority, deadline, topic, deps_start, ndeps, blob, flags = _parse(body, n)
     if code != 0:
         return code
@@ -204,6 +200,24 @@ def ring_offer_packet(base, producer, body):
     pw[P_RECORDS] += 1
     pw[P_BYTES] += length
     return rec | _commit_and_check_waiters(base, producer, rec)
+
+
+@jit(_SIGS)
+def ring_offer_packet(base, producer, body):
+    """Parse ``body``, claim a record, write header + deps + body, commit.
+
+    Returns the record position (``| WAKE_FLAG`` when a wake is due), a ring refusal
+    code, or a ``PARSE_*`` code (nothing was claimed).
+    """
+    return _offer_packet(base, producer, body, len(body))
+
+
+@jit("int64(int64, int64, int64, int64)")
+def ring_offer_packet_object(base, producer, obj_addr, kind):
+    """``ring_offer_packet`` of the encoded body in the ``bytes``/``bytearray`` at ``obj_addr``
+    (``id(obj)``, see ``fabric._pyobject``): ints only, ~70 ns less a call than a buffer."""
+    src, n = object_span(obj_addr, kind)
+    return _offer_packet(base, producer, u8_array_at(src, n), n)
 
 
 @jit(["int64(ByteArray(uint8, 1, 'C'), Array(uint8, 1, 'C'))", "int64(Bytes(uint8, 1, 'C', readonly=True), Array(uint8, 1, 'C'))"])

@@ -328,12 +328,9 @@ def ring_abort(base, producer, rec):
     return _commit_and_check_waiters(base, producer, rec)
 
 
-@jit("int64(int64, int64, int64, int64, int64)")
-def ring_offer(base, producer, src_addr, payload_len, type_id):
-    """Claim, copy ``payload_len`` bytes from ``src_addr``, commit: one record.
-
-    Returns the record's position (``| WAKE_FLAG`` when a wake is due) or a negative code.
-    """
+@jit(inline="always")
+def _offer_copy(base, producer, src_addr, payload_len, type_id):
+    """Claim, copy ``payload_len`` bytes from ``src_addr``, commit (the body of every offer)."""
     rec = _claim(base, producer, payload_len, type_id)
     if rec < 0:
         return rec
@@ -344,6 +341,15 @@ def ring_offer(base, producer, src_addr, payload_len, type_id):
     pw[P_RECORDS] += 1
     pw[P_BYTES] += payload_len
     return rec | _commit_and_check_waiters(base, producer, rec)
+
+
+@jit("int64(int64, int64, int64, int64, int64)")
+def ring_offer(base, producer, src_addr, payload_len, type_id):
+    """Claim, copy ``payload_len`` bytes from ``src_addr``, commit: one record.
+
+    Returns the record's position (``| WAKE_FLAG`` when a wake is due) or a negative code.
+    """
+    return _offer_copy(base, producer, src_addr, payload_len, type_id)
 
 
 _BUFFER_SIGNATURES = [
@@ -357,17 +363,7 @@ _BUFFER_SIGNATURES = [
 @jit(_BUFFER_SIGNATURES)
 def ring_offer_buf(base, producer, buf, type_id):
     """``ring_offer`` taking the payload as a buffer object (``bytes``, ``bytearray``, uint8 array)."""
-    n = len(buf)
-    rec = _claim(base, producer, n, type_id)
-    if rec < 0:
-        return rec
-    cfg = i64_array_at(base + _CFG, 16)
-    slot = base + cfg[CFG_DATA_OFFSET] + (rec & (cfg[CFG_CAPACITY] - 1))
-    copy_bytes(slot + HDR, data_address(buf), n)
-    pw = i64_array_at(base + PRODUCERS_OFFSET + producer * PRODUCER_ENTRY_BYTES, 16)
-    pw[P_RECORDS] += 1
-    pw[P_BYTES] += n
-    return rec | _commit_and_check_waiters(base, producer, rec)
+    return _offer_copy(base, producer, data_address(buf), len(buf), type_id)
 
 
 def buffer_entry_points() -> dict:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import msgspec
 
 from fabric import _packet_kernels as _pk
+from fabric import _pyobject
 from fabric import _ring_kernels as K
 from fabric.errors import ClosedResourceError, CodecError, RecordTooLargeError
 from fabric.packet import PacketCodec, PhasePacket, _parse_error
@@ -47,6 +48,9 @@ class PacketWriter:
         self.writer = writer
         self.codec = codec or PacketCodec()
         self._entry = _pk.packet_entry_points()[bytearray]
+        # The scratch buffer is always the same object: its address is computed once, and the
+        # kernel reads its current size and data pointer from it (fabric._pyobject).
+        self._object_entry = _entry_point(_pk.ring_offer_packet_object) if _pyobject.LAYOUT_OK else None
         self._encode_into = self.codec._enc.encode_into
         self._scratch = self.codec.scratch
         self._base = writer._base
@@ -55,18 +59,23 @@ class PacketWriter:
         self.offer = self._fast_offer()
 
     def _fast_offer(self):
-        """``offer`` as a closure over its state, the writer's checks folded into one gate cell:
-        ~40 ns less a call than the method (measured A/B, 369 vs 407 ns with the packet
-        built). Errors, refusals and wakes take ``_offer_result``; a closed writer or an open
-        claim takes the checked method, which raises."""
+        """``offer`` as a closure over its state, the writer's checks folded into one gate cell
+        (~40 ns less a call than the method, measured A/B), the scratch buffer passed to the
+        kernel by address (~70 ns less than a buffer argument). Errors, refusals and wakes take
+        ``_offer_result``; a closed writer or an open claim takes the checked method, which
+        raises. Where the object layout is unknown, ``offer`` is the checked method."""
+        if self._object_entry is None:
+            return self._offer_checked
         gate = self.writer._gate
         encode_into = self._encode_into
         buf = self._scratch
-        entry = self._entry
         base = self._base
         slot = self._slot
         wake_limit = _WAKE
         result = self._offer_result
+        entry = self._object_entry
+        buf_addr = id(buf)  # `buf` lives as long as this closure
+        kind = _pyobject.BYTEARRAY_KIND
 
         def offer(packet: PhasePacket) -> int:
             if gate[0]:
@@ -74,7 +83,7 @@ class PacketWriter:
                     encode_into(packet, buf)
                 except (TypeError, OverflowError) as exc:
                     raise CodecError(f"cannot encode packet on topic {packet.topic!r}: {exc}") from exc
-                r = entry(base, slot, buf)
+                r = entry(base, slot, buf_addr, kind)
                 if r >= 0 and r < wake_limit:
                     return r
                 return result(r, packet)
@@ -93,6 +102,9 @@ class PacketWriter:
         RecordTooLargeError
             The encoded packet exceeds the ring's record limit.
         """
+        return self._offer_checked(packet)
+
+    def _offer_checked(self, packet: PhasePacket) -> int:
         w = self.writer
         if w._closed:
             raise ClosedResourceError("writer is closed")

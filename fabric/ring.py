@@ -745,6 +745,7 @@ class RingWriter:
         fn = self._entry.get(type(data))  # empty once closed or while a claim is open
         if fn is None:
             return self._offer_slow(data, type_id)
+        # (Passing id(data) instead of the buffer, as PacketWriter does, measured no faster here.)
         r = fn(self._base, self.slot, data, type_id)
         if r >= 0 and r < _WAKE:
             return r

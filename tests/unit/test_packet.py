@@ -522,3 +522,40 @@ class TestMalformedRecords:
         got = [p.id for p in preader.receive_batch(10)]
         assert got == [1, 3]
         assert preader.malformed == 1 and len(dead) == 1
+
+
+class TestObjectAddress:
+    """The packet offer passes its scratch buffer by address (``fabric._pyobject``)."""
+
+    def test_the_layout_probe_agrees_with_the_buffer_protocol_here(self):
+        import numba
+
+        from fabric import _pyobject
+
+        assert _pyobject.LAYOUT_OK  # CPython 3.11 on x86-64: the layout this project runs on
+
+        @numba.njit
+        def span(addr, kind):
+            return _pyobject.object_span(addr, kind)
+
+        for obj, kind in ((b"abc" * 20, _pyobject.BYTES_KIND), (bytearray(b"xyz" * 30), _pyobject.BYTEARRAY_KIND)):
+            data, n = span(id(obj), kind)
+            assert n == len(obj)
+            assert data == np.frombuffer(obj, dtype=np.uint8).ctypes.data
+        grown = bytearray(8)
+        before = span(id(grown), _pyobject.BYTEARRAY_KIND)
+        grown.extend(bytes(1 << 16))  # reallocates: the kernel reads the new pointer and size
+        data, n = span(id(grown), _pyobject.BYTEARRAY_KIND)
+        assert n == len(grown) and data == np.frombuffer(grown, dtype=np.uint8).ctypes.data
+        assert before[1] == 8
+
+    def test_without_the_layout_the_writer_uses_the_buffer_path(self, ring, monkeypatch):
+        from fabric import _pyobject
+
+        monkeypatch.setattr(_pyobject, "LAYOUT_OK", False)
+        writer = PacketWriter(ring.writer())
+        reader = PacketReader(ring.reader())
+        assert writer.offer.__func__ is PacketWriter._offer_checked
+        for i in range(3):
+            assert writer.offer(PhasePacket(id=i, topic="t", payload=b"p" * i)) >= 0
+        assert [(p.id, p.payload) for p in reader.receive_batch(10)] == [(i, b"p" * i) for i in range(3)]
