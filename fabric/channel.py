@@ -262,7 +262,7 @@ class PacketReader:
             self._pending_at += 1
             return pkt
         r = self.reader
-        spin = r.wait.spin_checks if timeout_ns > 0 else 0
+        spin = r._spin_checks if timeout_ns > 0 else 0
         kernel = r._take_packet_kernel
         end, start, stop = kernel(r._base, r.slot, r.position, r._pending_release, spin)
         while True:

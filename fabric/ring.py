@@ -742,8 +742,9 @@ class RingWriter:
             ``len(data)`` exceeds the ring's ``max_record_bytes`` (or ``type_id`` is
             outside 0..2**31-1).
         """
-        fn = self._entry.get(type(data))  # empty once closed or while a claim is open
-        if fn is None:
+        try:
+            fn = self._entry[data.__class__]  # empty once closed or while a claim is open
+        except KeyError:
             return self._offer_slow(data, type_id)
         # (Passing id(data) instead of the buffer, as PacketWriter does, measured no faster here.)
         r = fn(self._base, self.slot, data, type_id)
@@ -987,6 +988,16 @@ class RingReader:
         self._spin_kernel = _entry_point(K.ring_spin_readable)
         self._empty_polls = 0
 
+    @property
+    def wait(self) -> WaitStrategy:
+        """How this reader waits; its spin phase (``spin_checks``) is read when it is set."""
+        return self._wait
+
+    @wait.setter
+    def wait(self, strategy: WaitStrategy) -> None:
+        self._wait = strategy
+        self._spin_checks = strategy.spin_checks
+
     # --- reading --------------------------------------------------------------------------
 
     def _poll_descs(self, limit: int, kernel=None) -> int:
@@ -1150,10 +1161,11 @@ class RingReader:
         spinning is taken in the same call. The record's memory goes back to producers at
         this reader's next call. Raises ``TimeoutError`` when nothing arrives in time.
         """
-        spin = self.wait.spin_checks if timeout_ns > 0 else 0
-        end, off, meta = self._take_kernel(self._base, self.slot, self.position, self._pending_release, spin)
-        if off == 0:
-            end, off, meta = self._take_waiting(self._take_kernel, end, meta, timeout_ns, spin > 0)
+        end, off, meta = self._take_kernel(
+            self._base, self.slot, self.position, self._pending_release, self._spin_checks if timeout_ns > 0 else 0
+        )
+        if not off:
+            end, off, meta = self._take_waiting(self._take_kernel, end, meta, timeout_ns, timeout_ns > 0)
         self.position = self._pending_release = end
         self._outstanding = False
         return self._mm[off : off + (meta & 0xFFFFFFFF)], meta >> 32
