@@ -520,6 +520,23 @@ def ring_offer_records(base, producer, src, offsets, lengths, type_id):
 
 
 @jit(inline="always")
+def _packet_body(slot, rec_off, type_id, payload):
+    """A packet record's body as ``(start, end)`` offsets in the segment, after checking its
+    fixed header in place; a malformed record as ``(-rec_off - 1, (type << 32) | length)``."""
+    ndeps = type_id & 0xFFFF
+    body = PACKET_HEADER_BYTES + 8 * ndeps
+    ok = (type_id & PACKET_TYPE_MASK) == PACKET_TYPE and payload > body
+    if ok:
+        hw = i64_array_at(slot + HDR, 8)
+        ok = (hw[6] >> 32) == PACKET_MAGIC and (hw[6] & 0xFFFFFFFF) == payload - body and (
+            (hw[5] >> 48) & 0xFFFF
+        ) == ndeps
+    if ok:
+        return rec_off + body, rec_off + payload
+    return -rec_off - 1, (type_id << 32) | payload
+
+
+@jit(inline="always")
 def _poll(base, subscriber, start_pos, release_pos, desc_addr, max_records, packets):
     """The poll loop of ``ring_poll`` (``packets=False``) and ``ring_poll_packets`` (``True``)."""
     cfg = i64_array_at(base + _CFG, 16)
@@ -562,20 +579,7 @@ def _poll(base, subscriber, start_pos, release_pos, desc_addr, max_records, pack
                 desc[2 + 2 * n] = rec_off
                 desc[3 + 2 * n] = (type_id << 32) | payload
             else:
-                ndeps = type_id & 0xFFFF
-                body = PACKET_HEADER_BYTES + 8 * ndeps
-                ok = (type_id & PACKET_TYPE_MASK) == PACKET_TYPE and payload > body
-                if ok:
-                    hw = i64_array_at(slot + HDR, 8)
-                    ok = (hw[6] >> 32) == PACKET_MAGIC and (hw[6] & 0xFFFFFFFF) == payload - body and (
-                        (hw[5] >> 48) & 0xFFFF
-                    ) == ndeps
-                if ok:
-                    desc[2 + 2 * n] = rec_off + body
-                    desc[3 + 2 * n] = rec_off + payload
-                else:
-                    desc[2 + 2 * n] = -rec_off - 1
-                    desc[3 + 2 * n] = (type_id << 32) | payload
+                desc[2 + 2 * n], desc[3 + 2 * n] = _packet_body(slot, rec_off, type_id, payload)
             nbytes += payload
             n += 1
         p += aligned
@@ -659,17 +663,8 @@ def _take(base, subscriber, pos, release_pos, spin_checks, packets):
             rec_off = data_off + off + HDR
             if not packets:
                 return (p + aligned, rec_off, (type_id << 32) | payload)
-            ndeps = type_id & 0xFFFF
-            body = PACKET_HEADER_BYTES + 8 * ndeps
-            ok = (type_id & PACKET_TYPE_MASK) == PACKET_TYPE and payload > body
-            if ok:
-                hw = i64_array_at(slot + HDR, 8)
-                ok = (hw[6] >> 32) == PACKET_MAGIC and (hw[6] & 0xFFFFFFFF) == payload - body and (
-                    (hw[5] >> 48) & 0xFFFF
-                ) == ndeps
-            if ok:
-                return (p + aligned, rec_off + body, rec_off + payload)
-            return (p + aligned, -rec_off - 1, (type_id << 32) | payload)
+            start, end = _packet_body(slot, rec_off, type_id, payload)
+            return (p + aligned, start, end)
         if spins >= spin_checks:
             return (p, 0, STALL_HINT if w == ~(p ^ salt) else 0)
         spins += 1
