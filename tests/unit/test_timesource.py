@@ -20,6 +20,8 @@ from fabric.timesource import (
     SimulatedTimeSource,
     TimeCheckpoint,
     TimeSource,
+    compiled_clock_available,
+    compiled_now_ns,
     get_time_source,
     monotonic_ns,
     now_ns,
@@ -184,6 +186,30 @@ class TestMonotonicTimeSource:
     def test_a_real_source_cannot_be_advanced(self):
         with pytest.raises(TypeError):
             MonotonicTimeSource().advance_simulation(1)
+
+    def test_the_anchor_is_now_minus_monotonic(self):
+        src = MonotonicTimeSource()
+        cp = src.create_checkpoint()  # both readings from one clock read
+        assert cp.now_ns - cp.monotonic_ns == src.anchor_ns
+
+
+class TestCompiledReading:
+    """``clock_monotonic_ns`` (compiled code) reads the clock ``MonotonicTimeSource`` reads."""
+
+    def test_the_compiled_clock_is_available_on_this_platform(self):
+        assert compiled_clock_available() is True
+
+    def test_a_compiled_reading_falls_between_two_python_readings_of_the_same_source(self):
+        src = MonotonicTimeSource()
+        for _ in range(1000):
+            before = src.now_ns()
+            reading = compiled_now_ns(src.anchor_ns)
+            after = src.now_ns()
+            assert before <= reading <= after
+
+    def test_compiled_readings_never_decrease(self):
+        readings = [compiled_now_ns(0) for _ in range(1000)]
+        assert readings == sorted(readings)
 
 
 class TestSimulatedTimeSource:
