@@ -164,7 +164,9 @@ class PacketReader:
         hlc=None,
     ) -> None:
         self.reader = reader
-        self.hlc = hlc  # a HybridLogicalClock merged with every received stamp (receive rule), or None
+        # A HybridLogicalClock (or SharedHybridClock) merged with every received stamp (receive
+        # rule) through its lean ``merge``, or None.
+        self.hlc = hlc
         self.codec = codec or PacketCodec()
         self.on_malformed = on_malformed
         self.malformed = 0
@@ -192,7 +194,7 @@ class PacketReader:
         finally:
             r._pending_release = d[0]
         if self.hlc is not None and out:
-            self.hlc.try_update(max(p.hlc for p in out))  # one merge per batch: same clock, same bound
+            self.hlc.merge(max(p.hlc for p in out))  # one merge per batch: same clock, same bound
         return out
 
     def _decode_each(self, mv: memoryview, starts: list, ends: list) -> list[PhasePacket]:
@@ -277,7 +279,7 @@ class PacketReader:
                     self._malformed(bytes(r._mv[start:stop]), 0, exc)
                 else:
                     if self.hlc is not None:
-                        self.hlc.try_update(pkt.hlc)
+                        self.hlc.merge(pkt.hlc)
                     return pkt
             else:
                 off = -start - 1

@@ -358,6 +358,30 @@ class TestPacketEndpoints:
 
         check()
 
+    @pytest.mark.parametrize("source", ["monotonic", "simulated"])
+    def test_the_reader_merges_every_received_stamp_into_its_clock(self, ring, source):
+        from fabric.hlc import HybridLogicalClock, make_stamp
+        from fabric.timesource import MonotonicTimeSource, SimulatedTimeSource
+
+        now = MonotonicTimeSource().now_ns()
+        clock = HybridLogicalClock(time_source=MonotonicTimeSource() if source == "monotonic" else SimulatedTimeSource(now))
+        preader = PacketReader(ring.reader(), hlc=clock)
+        writer = PacketWriter(ring.writer())
+        ahead = [make_stamp(now + 100_000_000 + i * 65536, 0) for i in range(4)]  # ahead of the reader's clock
+        for i, stamp in enumerate(ahead):
+            writer.send(PhasePacket(id=i, hlc=stamp, topic="t", payload=i), timeout_ns=1_000_000_000)
+        assert preader.receive(timeout_ns=1_000_000_000).hlc == ahead[0]
+        assert clock.last_stamp == ahead[0] + 1  # receive: one merge per packet
+        assert [p.hlc for p in preader.receive_batch(10)] == ahead[1:]
+        assert clock.last_stamp == ahead[-1] + 1  # a batch: one merge of its largest stamp
+        far = make_stamp(now + 10**12, 0)  # beyond max_offset_ns: rejected, the clock stays
+        writer.send(PhasePacket(id=9, hlc=far, topic="t", payload=9), timeout_ns=1_000_000_000)
+        assert preader.receive(timeout_ns=1_000_000_000).hlc == far
+        assert clock.last_stamp == ahead[-1] + 1
+        stats = clock.statistics()
+        assert (stats.updates, stats.rejections) == (2, 1)
+        assert clock.causal_dependencies(clock.last_stamp) == [ahead[0], ahead[-1]]
+
     def test_every_receive_flavour_delivers_in_order(self, ring):
         preader = PacketReader(ring.reader())
         writer = PacketWriter(ring.writer())
