@@ -171,7 +171,7 @@ class RouterWorker(Worker):
             self._publish_counters()
             self._next_publish_ns = now_ns + 20_000_000  # stat refreshes see counters at most 20 ms old
             if self.stats[R_MAX_HLC]:
-                self.ctx.hlc.try_update(int(self.stats[R_MAX_HLC]))  # this hop's clock follows what it routed
+                self.ctx.hlc.merge(int(self.stats[R_MAX_HLC]))  # this hop's clock follows what it routed
                 self.stats[R_MAX_HLC] = 0
         n = ev >> EV_SHIFT
         return n if n > 0 else 1  # only padding skipped: still progress

@@ -194,7 +194,7 @@ class SchedulerWorker(Worker):
                     self.dead_letter.offer(rec, type_id & 0x7FFFFFFF)
                     c["dead_lettered"] += 1
                     continue
-                self.hlc.try_update(int(h[X_HLC]))
+                self.hlc.merge(int(h[X_HLC]))
                 self._seq += 1
                 sid = self._seq
                 pid = int(h[X_ID])
