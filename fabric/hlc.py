@@ -293,6 +293,14 @@ def _use_compiled_path(source: TimeSource) -> bool:
     return type(source) is MonotonicTimeSource and _gil_enabled() and compiled_clock_available()
 
 
+def _check_clock_args(max_offset_ns: int, history_size: int) -> None:
+    """The constructor arguments both in-process clocks validate the same way."""
+    if not 0 <= int(max_offset_ns) < STAMP_LIMIT:
+        raise ValueError(f"max_offset_ns must be in [0, 2**62), got {max_offset_ns}")
+    if int(history_size) < 0:
+        raise ValueError(f"history_size must be >= 0, got {history_size}")
+
+
 def _int_reader(source: TimeSource):
     """``source.now_ns`` as a callable that returns a Python int.
 
@@ -444,10 +452,7 @@ class HybridLogicalClock:
         history_size: int = _HISTORY_DEFAULT,
         initial_stamp: int = 0,
     ) -> None:
-        if not 0 <= int(max_offset_ns) < STAMP_LIMIT:
-            raise ValueError(f"max_offset_ns must be in [0, 2**62), got {max_offset_ns}")
-        if int(history_size) < 0:
-            raise ValueError(f"history_size must be >= 0, got {history_size}")
+        _check_clock_args(max_offset_ns, history_size)
         # self._source was resolved by __new__ (time_source, else the process-wide source).
         self._now = _int_reader(self._source)
         self._max_offset_ns = int(max_offset_ns)
@@ -959,10 +964,7 @@ class _CompiledHybridLogicalClock(HybridLogicalClock):
         history_size: int = _HISTORY_DEFAULT,
         initial_stamp: int = 0,
     ) -> None:
-        if not 0 <= int(max_offset_ns) < STAMP_LIMIT:
-            raise ValueError(f"max_offset_ns must be in [0, 2**62), got {max_offset_ns}")
-        if int(history_size) < 0:
-            raise ValueError(f"history_size must be >= 0, got {history_size}")
+        _check_clock_args(max_offset_ns, history_size)
         source = self._source  # resolved by __new__: a MonotonicTimeSource
         self._max_offset_ns = int(max_offset_ns)
         cap = int(history_size)
