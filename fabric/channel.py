@@ -162,6 +162,7 @@ class PacketReader:
         *,
         on_malformed: Callable[[MalformedRecord], None] | None = None,
         hlc=None,
+        on_blob: Callable[[int], None] | None = None,
     ) -> None:
         self.reader = reader
         # A HybridLogicalClock (or SharedHybridClock) merged with every received stamp (receive
@@ -169,6 +170,9 @@ class PacketReader:
         self.hlc = hlc
         self.codec = codec or PacketCodec()
         self.on_malformed = on_malformed
+        # Called with the blob reference of every packet handed out that carries one: readers
+        # that never look at blobs (workers) drop their inbox's hold there, or the arena fills.
+        self.on_blob = on_blob
         self.malformed = 0
         self._decode = self.codec._dec.decode
         self._kernel = _entry_point(_pk.ring_poll_packets)
@@ -195,6 +199,10 @@ class PacketReader:
             r._pending_release = d[0]
         if self.hlc is not None and out:
             self.hlc.merge(max(p.hlc for p in out))  # one merge per batch: same clock, same bound
+        if self.on_blob is not None:
+            for p in out:
+                if p.blob:
+                    self.on_blob(p.blob)
         return out
 
     def _decode_each(self, mv: memoryview, starts: list, ends: list) -> list[PhasePacket]:
@@ -280,6 +288,8 @@ class PacketReader:
                 else:
                     if self.hlc is not None:
                         self.hlc.merge(pkt.hlc)
+                    if pkt.blob and self.on_blob is not None:
+                        self.on_blob(pkt.blob)
                     return pkt
             else:
                 off = -start - 1

@@ -9,11 +9,15 @@ whole topology replayable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from loguru import logger
 
 from fabric.channel import PacketReader, PacketWriter
 from fabric.config import TopologyConfig, WorkerSpec
 from fabric.control import ControlBlock
+from fabric.errors import BrokenResourceError
 from fabric.hlc import HybridLogicalClock
 from fabric.packet import PhasePacket
 from fabric.ring import Ring
@@ -37,6 +41,7 @@ class WorkerContext:
         self.counters = control.workers[row]
         self.hlc = HybridLogicalClock(time_source=self.clock)  # stamps what it emits, merges what it receives
         self._rings: dict[tuple[int, int], Ring] = {}
+        self._arena = None  # the fabric's BlobArena, attached when an inbox reader needs it
         self._seq = 0
 
     def ring(self, role: int, index: int = 0) -> Ring:
@@ -60,7 +65,31 @@ class WorkerContext:
         slot = int(self.counters["reader_slot"])
         reader = ring.reader(durable=True, adopt_slot=slot if slot >= 0 else None)
         self.counters["reader_slot"] = reader.slot
-        return PacketReader(reader, hlc=self.hlc)
+        return PacketReader(reader, hlc=self.hlc, on_blob=self._blob_dropper(inbox))
+
+    def _blob_dropper(self, inbox: int) -> Callable[[int], None] | None:
+        """Workers never read blobs: drop this inbox's hold on every blob as its packet arrives
+        (the router took one for each inbox it delivered to; kept, it would fill the arena).
+        None when the fabric runs without an arena (no packet can carry a blob then)."""
+        try:
+            name = self.control.ring_name(RingRole.ARENA)
+        except KeyError:
+            return None
+        if self._arena is None:
+            from fabric.arena import BlobArena  # only fabrics with an arena pay for its import
+
+            self._arena = BlobArena.attach(name)
+        arena = self._arena
+
+        def drop(ref: int) -> None:
+            try:
+                arena.release(ref, inbox=inbox)
+            except BrokenResourceError as exc:
+                # Redelivered after this worker restarted: its hold went with the first delivery
+                # and the space was reused since. Nothing of ours is left to drop.
+                logger.debug("{}: blob {:#x} already released ({})", self.spec.name, ref, exc)
+
+        return drop
 
     def publisher(self) -> PacketWriter:
         """A packet writer into the router's input (what every worker emits through)."""
@@ -76,6 +105,9 @@ class WorkerContext:
         for ring in self._rings.values():
             ring.close()
         self._rings.clear()
+        if self._arena is not None:
+            self._arena.close()
+            self._arena = None
         self.counters = None  # a view into the control block: drop it before the block unmaps
 
 

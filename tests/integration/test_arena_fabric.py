@@ -91,3 +91,17 @@ def test_a_subscriber_that_dies_holding_a_blob_releases_it(running):
             child.kill()
         child.wait(timeout=10)
         child.stdout.close()
+
+
+def test_a_worker_that_receives_blobs_drops_its_holds(running):
+    """Workers never read blobs: the holds the router took for their inboxes are dropped as the
+    packets arrive, so arrays published to a worker's topic do not fill the arena."""
+    sup, name = running
+    topic = next(w.subscribe[0] for w in sup.config.workers if w.kind == "egc")
+    with fabric.attach(name) as c:
+        pub = c.publisher(topic)
+        for i in range(5):
+            pub.publish_array(np.zeros(50_000), {"frame": i})
+        _wait(lambda: c.arena.statistics().blobs == 0, sup)
+        stats = c.arena.statistics()
+        assert stats.allocations == 5 and stats.frees == 5 and stats.bytes_in_use == 0

@@ -583,3 +583,16 @@ class TestObjectAddress:
         for i in range(3):
             assert writer.offer(PhasePacket(id=i, topic="t", payload=b"p" * i)) >= 0
         assert [(p.id, p.payload) for p in reader.receive_batch(10)] == [(i, b"p" * i) for i in range(3)]
+
+
+def test_on_blob_sees_every_blob_reference_handed_out(ring):
+    """Both the single-packet and the batch path report blobs (workers drop their holds there)."""
+    seen: list[int] = []
+    writer = PacketWriter(ring.writer())
+    reader = PacketReader(ring.reader(), on_blob=seen.append)
+    for i, blob in enumerate([0, 11, 0, 12, 13]):
+        assert writer.offer(PhasePacket(id=i, topic="t", blob=blob)) >= 0
+    assert reader.receive(timeout_ns=1_000_000_000).id == 0
+    assert reader.receive(timeout_ns=1_000_000_000).id == 1
+    assert [p.id for p in reader.receive_batch(10)] == [2, 3, 4]
+    assert seen == [11, 12, 13]
