@@ -291,6 +291,13 @@ class Publisher:
             payload=payload,
         )
 
+    def _plain_packet(self, payload: Any) -> PhasePacket:
+        """The common packet (no deadline, deps or per-call overrides), from bound state only."""
+        c = self._client
+        c._seq = seq = c._seq + 1
+        return PhasePacket(id=self._id_base | (seq & _SEQ_MASK), hlc=self._tick(), source=self._source,
+                           targets=self.targets, priority=self.priority, topic=self.topic, payload=payload)
+
     def _writer_for(self, deadline_ns: int, deps: tuple) -> PacketWriter:
         c = self._client
         if (deadline_ns or deps) and c._has_scheduler:
@@ -304,14 +311,10 @@ class Publisher:
         if self._closed:
             raise ClosedResourceError(f"publisher on {self.topic!r} is closed")
         if priority is None and targets is None and not deadline_ns and not deps:
-            c = self._client
-            c._seq = seq = c._seq + 1
-            pid = self._id_base | (seq & _SEQ_MASK)
-            pkt = PhasePacket(id=pid, hlc=self._tick(), source=self._source, targets=self.targets,
-                              priority=self.priority, topic=self.topic, payload=payload)
+            pkt = self._plain_packet(payload)
             if self._offer(pkt) >= 0:
                 self._counts["published"] += 1
-                return pid
+                return pkt.id
             self._counts["refused"] += 1
             return None
         pkt = self._packet(payload, priority, deadline_ns, targets, tuple(deps))
@@ -350,16 +353,12 @@ class Publisher:
         if self._closed:
             raise ClosedResourceError(f"publisher on {self.topic!r} is closed")
         if priority is None and targets is None and not deadline_ns and not deps:
-            # The common case, written out: one tick, one packet, one offer (~1 us in all).
-            c = self._client
-            c._seq = seq = c._seq + 1
-            pid = self._id_base | (seq & _SEQ_MASK)
-            pkt = PhasePacket(id=pid, hlc=self._tick(), source=self._source, targets=self.targets,
-                              priority=self.priority, topic=self.topic, payload=payload)
+            # The common case: one tick, one packet, one offer (~1 us in all).
+            pkt = self._plain_packet(payload)
             if self._offer(pkt) < 0:
-                self._send(c._writer(RingRole.ROUTER_IN), pkt, timeout_ns)  # room ran out: wait
+                self._send(self._client._writer(RingRole.ROUTER_IN), pkt, timeout_ns)  # room ran out: wait
             self._counts["published"] += 1
-            return pid
+            return pkt.id
         pkt = self._packet(payload, priority, deadline_ns, targets, tuple(deps))
         self._send(self._writer_for(deadline_ns, pkt.deps), pkt, timeout_ns)
         self._client._count("published")
