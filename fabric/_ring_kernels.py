@@ -110,7 +110,15 @@ __all__ = [
     "ring_park_end",
     "ring_stalled_at",
     "ring_readable",
-    "ring_spin_readable",
+    "CUR_BASE",
+    "CUR_SUBSCRIBER",
+    "CUR_POSITION",
+    "CUR_RELEASE",
+    "CUR_AT",
+    "CUR_SPIN",
+    "CUR_HELD",
+    "READER_CLOSED",
+    "CURSOR_WORDS",
     "read_word",
     "publish_word",
     "cas_word",
@@ -126,12 +134,25 @@ SUBSCRIBER_DROPPED = -4
 RING_CORRUPT = -5
 TOO_LARGE = -6  # payload longer than the ring's max_record_bytes, or a type id out of 0..2**31-1
 OUT_OF_BOUNDS = -8  # a batch record reaches outside its source buffer (nothing was written)
+READER_CLOSED = -9  # the cursor's reader is closed (its CUR_BASE is 0): nothing was touched
 # ``ring_take``'s third result when it found nothing: a claim is in progress at the position
 # (its producer may have died there: the caller starts its claim-timeout clock).
 STALL_HINT = 1
 # ``ring_poll`` found no record but something to act on: ``desc[0]`` is the position after
 # padding it skipped, ``desc[1]`` is ``STALL_HINT`` when a claim is in progress there.
 EMPTY_ATTENTION = -7
+
+# A reader's cursor: int64 words in the reader's own (process-local) memory that the take,
+# readable and park kernels read and move, so a per-record call passes one address instead
+# of four integers and returns two (each big Python int costs ~10-20 ns to cross).
+CUR_BASE = 0  # the ring segment's base address
+CUR_SUBSCRIBER = 1  # the subscriber slot
+CUR_POSITION = 2  # the next position to read
+CUR_RELEASE = 3  # a position to publish as this subscriber's at the next call, or -1
+CUR_AT = 4  # where the last RING_CORRUPT was found
+CUR_SPIN = 5  # the wait strategy's spin phase: how many re-checks a waiting take makes
+CUR_HELD = 6  # 1 while a read_batch batch is held: its memory may not be released yet
+CURSOR_WORDS = 8
 
 # WAKE line word 2: how many subscribers are joined (ACTIVE or JOINING).
 WAKE_SUBSCRIBERS = 2
@@ -671,32 +692,65 @@ def _take(base, subscriber, pos, release_pos, spin_checks, packets):
         cpu_pause()
 
 
-@jit("UniTuple(int64, 3)(int64, int64, int64, int64, int64)")
-def ring_take(base, subscriber, pos, release_pos, spin_checks):
-    """Release everything before ``release_pos`` (if >= 0), then take the record at ``pos``.
+@jit(inline="always")
+def _advance(cur, end, off, meta):
+    """Move a reader's cursor after ``_take``; returns ``(off, meta)``, or ``(0, code)`` on error."""
+    if end < 0:
+        cur[CUR_RELEASE] = -1
+        cur[CUR_AT] = meta
+        return (0, end)
+    if off != 0:
+        # Past a record: published by the next call (one store there instead of a call here),
+        # which releases a held batch too.
+        cur[CUR_POSITION] = end
+        cur[CUR_RELEASE] = end
+        cur[CUR_HELD] = 0
+    elif end != cur[CUR_POSITION]:
+        cur[CUR_POSITION] = end  # past padding; released later if a held batch still needs it
+        cur[CUR_RELEASE] = -1 if cur[CUR_HELD] else end
+    else:
+        cur[CUR_RELEASE] = -1
+    return (off, meta)
 
-    Skips padding. When nothing is committed there, re-checks up to ``spin_checks`` times
-    (a ``pause`` between checks: loads only, no shared write) before giving up. Returns
-    ``(next_position, payload_offset, meta)``:
+
+@jit("UniTuple(int64, 2)(int64, int64)")
+def ring_take(cursor, spin):
+    """Release the cursor's pending position (if any), then take the record at its position.
+
+    ``cursor`` is the address of a reader's cursor (``CUR_*`` words). Skips padding. When
+    nothing is committed there and ``spin`` is 1, re-checks ``CUR_SPIN`` times (a ``pause``
+    between checks: loads only, no shared write) before giving up. Returns
+    ``(payload_offset, meta)``:
 
     - a record: ``payload_offset > 0`` (its byte offset in the segment), ``meta`` =
-      ``(type << 32) | payload_length``, ``next_position`` just after it;
-    - nothing: ``payload_offset == 0``, ``next_position`` past any padding skipped, ``meta``
-      = ``STALL_HINT`` when a claim is in progress there, else 0;
-    - ``next_position < 0``: ``SUBSCRIBER_DROPPED`` or ``RING_CORRUPT`` (``payload_offset`` 0,
-      ``meta`` the corrupt record's position).
+      ``(type << 32) | payload_length``; the cursor moves past it and releases it at the
+      next call;
+    - nothing: ``payload_offset == 0``, ``meta`` = ``STALL_HINT`` when a claim is in progress
+      there, else 0 (the cursor moves past any padding skipped);
+    - ``meta < 0``: ``SUBSCRIBER_DROPPED``, ``RING_CORRUPT`` (the corrupt record's position
+      in ``CUR_AT``) or ``READER_CLOSED`` (``payload_offset`` 0).
     """
-    return _take(base, subscriber, pos, release_pos, spin_checks, False)
+    cur = i64_array_at(cursor, CURSOR_WORDS)
+    if cur[CUR_BASE] == 0:
+        return (0, READER_CLOSED)
+    spins = cur[CUR_SPIN] if spin else 0
+    end, off, meta = _take(cur[CUR_BASE], cur[CUR_SUBSCRIBER], cur[CUR_POSITION], cur[CUR_RELEASE], spins, False)
+    return _advance(cur, end, off, meta)
 
 
-@jit("UniTuple(int64, 3)(int64, int64, int64, int64, int64)")
-def ring_take_packet(base, subscriber, pos, release_pos, spin_checks):
+@jit("UniTuple(int64, 2)(int64, int64)")
+def ring_take_packet(cursor, spin):
     """``ring_take`` for packet records, validating the fixed header in place.
 
-    A packet comes back as ``(next_position, body_start, body_end)``; a malformed record as
-    ``(next_position, -(record_offset) - 1, (type << 32) | length)`` for the dead-letter path.
+    A packet comes back as ``(body_start, body_end)``; a malformed record as
+    ``(-(record_offset) - 1, (type << 32) | length)`` for the dead-letter path (consumed too).
     """
-    return _take(base, subscriber, pos, release_pos, spin_checks, True)
+    cur = i64_array_at(cursor, CURSOR_WORDS)
+    if cur[CUR_BASE] == 0:
+        return (0, READER_CLOSED)
+    spins = cur[CUR_SPIN] if spin else 0
+    end, off, meta = _take(cur[CUR_BASE], cur[CUR_SUBSCRIBER], cur[CUR_POSITION], cur[CUR_RELEASE], spins, True)
+    return _advance(cur, end, off, meta)
 
 
 @jit(inline="always")
@@ -709,13 +763,18 @@ def _has_record(base, pos):
     return load_acquire_at(base + cfg[CFG_DATA_OFFSET] + off) == pos ^ cfg[CFG_SALT]
 
 
-@jit("int64(int64, int64, int64)")
-def ring_park_begin(base, subscriber, pos):
-    """Announce that this subscriber is about to sleep; returns the doorbell value to wait on.
+@jit("int64(int64)")
+def ring_park_begin(cursor):
+    """Announce that the cursor's subscriber is about to sleep; returns the doorbell value to
+    wait on.
 
     Returns -1 (do not sleep) when a record is already there or the subscriber was dropped.
     The caller must call ``ring_park_end`` after its futex wait (or after -1: not needed).
     """
+    cur = i64_array_at(cursor, CURSOR_WORDS)
+    base, subscriber, pos = cur[CUR_BASE], cur[CUR_SUBSCRIBER], cur[CUR_POSITION]
+    if base == 0:
+        return -1  # closed
     cfg = i64_array_at(base + _CFG, 16)
     entry = base + cfg[CFG_SUBSCRIBERS_OFFSET] + subscriber * SUBSCRIBER_ENTRY_BYTES
     bell = load_acquire_at(base + WAKE_OFFSET + WAKE_DOORBELL * 8)
@@ -737,26 +796,18 @@ def ring_park_end(base, subscriber):
         fetch_add_at(base + WAKE_OFFSET + WAKE_WAITERS * 8, -1)
 
 
-@jit("int64(int64, int64, int64)")
-def ring_readable(base, subscriber, pos):
-    """1 when there is something at ``pos`` for this subscriber (a record, padding, or its drop).
+@jit("int64(int64, int64)")
+def ring_readable(cursor, checks):
+    """1 when there is something at the cursor's position (a record, padding, or its
+    subscriber's drop), re-checked up to ``checks`` more times with a ``pause`` between.
 
-    Loads only: spinning on it costs no shared-line write, and producers see no sleeper.
+    Loads only: spinning on it (a wait strategy's spin phase, in compiled code) costs no
+    shared-line write, takes no cache line away from producers, and shows them no sleeper.
     """
-    cfg = i64_array_at(base + _CFG, 16)
-    entry = base + cfg[CFG_SUBSCRIBERS_OFFSET] + subscriber * SUBSCRIBER_ENTRY_BYTES
-    if _has_record(base, pos) or load_acquire_at(entry + S_STATE * 8) == STATE_DROPPED:
-        return 1
-    return 0
-
-
-@jit("int64(int64, int64, int64, int64)")
-def ring_spin_readable(base, subscriber, pos, checks):
-    """``ring_readable``, re-checked up to ``checks`` more times with a ``pause`` between.
-
-    The spin phase of a wait strategy, in compiled code: loads only, so a spinning subscriber
-    takes no cache line away from producers for writing.
-    """
+    cur = i64_array_at(cursor, CURSOR_WORDS)
+    base, subscriber, pos = cur[CUR_BASE], cur[CUR_SUBSCRIBER], cur[CUR_POSITION]
+    if base == 0:
+        return 1  # closed: the caller's next read says so
     cfg = i64_array_at(base + _CFG, 16)
     entry = base + cfg[CFG_SUBSCRIBERS_OFFSET] + subscriber * SUBSCRIBER_ENTRY_BYTES
     for _ in range(checks + 1):
@@ -796,7 +847,6 @@ def warm_up() -> None:
         ring_park_end,
         ring_stalled_at,
         ring_readable,
-        ring_spin_readable,
     ):
         assert fn.signatures, fn  # eager: compiled at import by explicit signature
 

@@ -196,7 +196,7 @@ class PacketReader:
             except (msgspec.DecodeError, ValueError, TypeError, IndexError):
                 out = self._decode_each(mv, starts, ends)  # something in the batch is bad: sort it out
         finally:
-            r._pending_release = d[0]
+            r._release_later(d[0])
         if self.hlc is not None and out:
             self.hlc.merge(max(p.hlc for p in out))  # one merge per batch: same clock, same bound
         if self.on_blob is not None:
@@ -272,15 +272,14 @@ class PacketReader:
             self._pending_at += 1
             return pkt
         r = self.reader
-        spin = r._spin_checks if timeout_ns > 0 else 0
         kernel = r._take_packet_kernel
-        end, start, stop = kernel(r._base, r.slot, r.position, r._pending_release, spin)
+        cursor = r._cursor_addr
+        spin = timeout_ns > 0
+        start, stop = kernel(cursor, spin)
         while True:
             if start == 0:
-                end, start, stop = r._take_waiting(kernel, end, stop, timeout_ns, spin > 0)
-            r.position = r._pending_release = end  # released at the reader's next call
-            r._outstanding = False
-            if start > 0:
+                start, stop = r._take_waiting(kernel, stop, timeout_ns, spin)
+            if start > 0:  # released at the reader's next call
                 try:
                     pkt = self._decode(r._mv[start:stop])
                 except (msgspec.DecodeError, ValueError, TypeError) as exc:
@@ -295,8 +294,8 @@ class PacketReader:
                 off = -start - 1
                 self._malformed(bytes(r._mv[off : off + (stop & 0xFFFFFFFF)]), stop >> 32, CodecError("not a valid packet record"))
             # A malformed record was consumed: wait for the next packet (a fresh wait).
-            spin = 0
-            end, start, stop = kernel(r._base, r.slot, r.position, r._pending_release, 0)
+            spin = False
+            start, stop = kernel(cursor, 0)
 
     def __iter__(self) -> Iterator[PhasePacket]:
         """Packets as they come, blocking (with the wait strategy) between them; ends when closed."""

@@ -365,7 +365,7 @@ class SchedulerWorker(Worker):
     def _release_input(self) -> None:
         """Hand back the input up to the oldest record not yet forwarded (at-least-once on a crash)."""
         oldest = next(iter(self._store.values()), None)
-        self.reader._pending_release = self.reader.position if oldest is None else oldest[2]
+        self.reader._release_later(self.reader.position if oldest is None else oldest[2])
 
     def parker(self) -> Parker | None:
         # With packets queued, keep stepping (their deadlines and retries need us); else park on input.

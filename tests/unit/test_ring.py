@@ -811,6 +811,22 @@ class TestLifetime:
                 call()
         assert ring.statistics().subscribers == []
 
+    def test_fast_paths_taken_before_close_refuse_after_it(self, prefix):
+        # offer/take/receive are closures: one fetched before close must still refuse after it,
+        # not touch the unmapped segment (the reader's cursor loses its base on close).
+        ring = Ring.create(f"{prefix}-held", RingConfig(capacity_bytes=CAP))
+        try:
+            reader, writer = ring.reader(), ring.writer()
+            offer, take, receive = writer.offer, reader.take, reader.receive
+            assert offer(b"abc") == 0 and take()[0].tobytes() == b"abc"
+            assert offer(b"de", 5) > 0 and receive(timeout_ns=1_000_000) == (b"de", 5)
+            ring.close()  # closes both handles, then unmaps
+            for call in (lambda: offer(b"x"), take, lambda: receive(timeout_ns=1_000_000), lambda: receive(timeout_ns=0)):
+                with pytest.raises(ClosedResourceError):
+                    call()
+        finally:
+            ring.destroy()
+
     def test_closing_the_ring_closes_its_handles(self, prefix):
         ring = Ring.create(f"{prefix}-life", RingConfig(capacity_bytes=CAP))
         try:
