@@ -117,6 +117,7 @@ __all__ = [
     "CUR_AT",
     "CUR_SPIN",
     "CUR_HELD",
+    "CUR_INT_TYPE",
     "READER_CLOSED",
     "CURSOR_WORDS",
     "read_word",
@@ -152,6 +153,7 @@ CUR_RELEASE = 3  # a position to publish as this subscriber's at the next call, 
 CUR_AT = 4  # where the last RING_CORRUPT was found
 CUR_SPIN = 5  # the wait strategy's spin phase: how many re-checks a waiting take makes
 CUR_HELD = 6  # 1 while a read_batch batch is held: its memory may not be released yet
+CUR_INT_TYPE = 7  # id(int), for the receive builtin's argument check (fabric._ring_builtins)
 CURSOR_WORDS = 8
 
 # WAKE line word 2: how many subscribers are joined (ACTIVE or JOINING).

@@ -40,6 +40,7 @@ import msgspec
 import numpy as np
 from loguru import logger
 
+from fabric import _ring_builtins as _B
 from fabric import _ring_kernels as K
 from fabric._futex import futex_wait, futex_wake
 from fabric._process import is_alive, self_identity
@@ -719,8 +720,15 @@ class RingWriter:
         self._claim: Claim | None = None
         self._closed = False
         # True while the writer may offer without checks: no open claim, not closed. A list cell,
-        # so the fast paths built over this writer (``offer``, PacketWriter's) see it change.
+        # so the fast paths built over this writer (``offer``, PacketWriter's) see it change;
+        # the builtin ``offer`` reads the same flag from the writer's entry state.
         self._gate = [True]
+        self._entry_state = _B.writer_state(self._base, slot)
+
+    def _set_open(self, is_open: bool) -> None:
+        """Let offers skip the checks (True) or send them through ``_offer_slow`` (False)."""
+        self._gate[0] = is_open
+        self._entry_state[_B.W_OPEN] = int(is_open)
 
     def _offer_result(self, r: int, length: int, type_id: int) -> int:
         """What an offer kernel's result means: wake parked readers, or raise on bad input."""
@@ -749,9 +757,12 @@ class RingWriter:
         ClaimPendingError, ClosedResourceError
             This writer holds an open claim, or is closed.
 
-        A closure over the writer's state, made at first use (~40 ns a call less than a
-        method reading it from ``self``); the common buffer types go straight to their
-        compiled entry, anything else (and every refusal) through ``_offer_slow``.
+        Made at first use. Where CPython's layout is known it is a builtin over a compiled
+        function (``fabric._ring_builtins``: ~60 ns, no Python frame) that offers ``bytes``
+        and ``bytearray`` itself and hands anything else to the Python closure below: a
+        closure over the writer's state (~40 ns a call less than a method reading ``self``),
+        whose common buffer types go to their compiled entry and everything else (and every
+        refusal) through ``_offer_slow``.
         """
         gate = self._gate
         entries = self._entries
@@ -774,6 +785,8 @@ class RingWriter:
                 return result(r, len(data), type_id)
             return slow(data, type_id)
 
+        if _B.AVAILABLE:
+            return _B.offer_builtin(self._entry_state, offer, self._ring._wake_doorbell)
         return offer
 
     def _offer_slow(self, data, type_id: int) -> int:
@@ -883,13 +896,13 @@ class RingWriter:
         start = self._ring.data_offset + (rec & (self._ring.capacity_bytes - 1)) + RECORD_HEADER_BYTES
         claim = Claim(self, rec, memoryview(seg.u8)[start : start + length])
         self._claim = claim
-        self._gate[0] = False  # offers go through the checked path (and refuse) until the claim ends
+        self._set_open(False)  # offers go through the checked path (and refuse) until the claim ends
         return claim
 
     def _claim_ended(self) -> None:
         self._claim = None
         if not self._closed:
-            self._gate[0] = True
+            self._set_open(True)
 
     def statistics(self) -> ProducerStatistics:
         for p in self._ring.statistics().producers:
@@ -904,7 +917,7 @@ class RingWriter:
         if self._claim is not None and not self._ring.closed:
             self._claim.abort()  # an open claim left behind would gate every producer for good
         self._closed = True
-        self._gate[0] = False
+        self._set_open(False)
         if not self._ring.closed:
             self._ring._release_producer_slot(self.slot)
         self._ring._handles.discard(self)
@@ -1214,7 +1227,10 @@ class RingReader:
         this reader's next call. Raises ``TimeoutError`` when nothing arrives in time,
         ``ClosedResourceError`` once the reader is closed.
 
-        A closure made at first use: the common case is one compiled call and one copy.
+        Made at first use: where CPython's layout is known, a builtin over a compiled
+        function (``fabric._ring_builtins``) that takes and copies a record with no Python
+        frame, and hands every other case (nothing after the spin, errors, other arguments)
+        to the Python closure below, whose common case is one compiled call and one copy.
         """
         kernel = self._take_kernel
         cursor = self._cursor_addr
@@ -1228,6 +1244,8 @@ class RingReader:
                 off, meta = waiting(kernel, meta, timeout_ns, spin)
             return mm[off : off + (meta & 0xFFFFFFFF)], meta >> 32
 
+        if _B.AVAILABLE:
+            return _B.receive_builtin(self._cursor, receive)
         return receive
 
     def wait_readable(self, *, timeout_ns: int, spun: bool = False) -> bool:

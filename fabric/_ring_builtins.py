@@ -1,0 +1,168 @@
+"""``RingWriter.offer`` and ``RingReader.receive`` as builtins (``fabric._fastcall``).
+
+The per-message calls of the ring, made with no Python frame and no numba entry on their
+common path: a writer's ``offer(bytes_or_bytearray[, type_id])`` that commits, and a
+reader's ``receive([timeout_ns=...])`` that finds a record (spinning first, as the wait
+strategy says). Everything else — other buffer types, keywords the kernel does not read,
+a closed handle, a refusal that must raise, waiting past the spin — goes to the handle's
+Python implementation, called with the same arguments.
+
+Bound state (the builtin's ``self``)::
+
+    offer     (writer state address, python offer, python wake, state array)
+    receive   (reader cursor address, python receive, "timeout_ns", cursor array)
+
+The arrays ride along in the tuple so they live as long as the builtin does.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from numba import cfunc
+
+from fabric import _fastcall as F
+from fabric import _ring_kernels as K
+from fabric._atomics import i64_array_at
+from fabric._pyobject import BYTEARRAY_KIND, BYTES_KIND, object_span
+
+__all__ = ["AVAILABLE", "writer_state", "offer_builtin", "receive_builtin", "W_OPEN"]
+
+AVAILABLE = F.LAYOUT_OK
+
+# A writer's entry state: int64 words in the writer's memory.
+W_BASE = 0  # the ring segment's base address
+W_SLOT = 1  # the producer slot
+W_OPEN = 2  # 1 while offers may skip the writer's checks (no open claim, not closed)
+W_BYTES_TYPE = 3  # id(bytes), id(bytearray), id(int): the argument types the kernel reads
+W_BYTEARRAY_TYPE = 4
+W_INT_TYPE = 5
+WRITER_WORDS = 8
+
+_TYPE = F.TYPE_OFFSET // 8  # ob_type's word in an object
+_ITEMS = F.TUPLE_ITEMS_OFFSET
+_WAKE = K.WAKE_FLAG
+_POS_MASK = K.WAKE_FLAG - 1
+_BACK_PRESSURED = K.BACK_PRESSURED
+_NOT_CONNECTED = K.NOT_CONNECTED
+_CURSOR_WORDS = K.CURSOR_WORDS
+_CUR_BASE = K.CUR_BASE
+_CUR_SUBSCRIBER = K.CUR_SUBSCRIBER
+_CUR_POSITION = K.CUR_POSITION
+_CUR_RELEASE = K.CUR_RELEASE
+_CUR_SPIN = K.CUR_SPIN
+_take = K._take
+_advance = K._advance
+_offer_copy = K._offer_copy
+
+
+@cfunc(F.FASTCALL_SIGNATURE, cache=True)
+def ring_offer_call(self, args, nargs, kwnames):  # pragma: no cover - compiled; tested through RingWriter.offer
+    bound = i64_array_at(F.address(self) + _ITEMS, 3)
+    st = i64_array_at(F.long_value(bound[0]), WRITER_WORDS)
+    if st[W_OPEN] != 0 and F.address(kwnames) == 0 and (nargs == 1 or nargs == 2):
+        data = F.address(args[0])
+        t = i64_array_at(data, 2)[_TYPE]
+        kind = BYTES_KIND if t == st[W_BYTES_TYPE] else (BYTEARRAY_KIND if t == st[W_BYTEARRAY_TYPE] else -1)
+        type_id = 0
+        if nargs == 2:
+            arg = F.address(args[1])
+            if i64_array_at(arg, 2)[_TYPE] != st[W_INT_TYPE]:
+                kind = -1
+            else:
+                type_id = F.long_value(arg)
+                if type_id == -1:  # -1, or too big (an error is set): Python says which
+                    F.clear_error()
+                    kind = -1
+        if kind >= 0:
+            src, n = object_span(data, kind)
+            r = _offer_copy(st[W_BASE], st[W_SLOT], src, n, type_id)
+            if r >= _WAKE:
+                woke = F.call_noargs(bound[2])  # committed; a parked reader needs its futex wake
+                if woke == 0:
+                    return F.as_object(0)
+                F.decref(woke)
+                r &= _POS_MASK
+            if r >= 0 or r == _BACK_PRESSURED or r == _NOT_CONNECTED:
+                return F.as_object(F.new_long(r))
+            # Any other code wrote nothing: the Python offer raises the matching error.
+    return F.as_object(F.call_fallback(bound[1], args, nargs, F.address(kwnames)))
+
+
+@cfunc(F.FASTCALL_SIGNATURE, cache=True)
+def ring_receive_call(self, args, nargs, kwnames):  # pragma: no cover - compiled; tested through RingReader.receive
+    bound = i64_array_at(F.address(self) + _ITEMS, 3)
+    cur = i64_array_at(F.long_value(bound[0]), _CURSOR_WORDS)
+    kw = F.address(kwnames)
+    ok = nargs == 0 and cur[_CUR_BASE] != 0
+    spin = 1  # the default timeout (5 s) is > 0
+    if ok and kw != 0:
+        names = i64_array_at(kw, 4)  # a tuple: [refcnt, type, size, item 0]
+        ok = names[2] == 1 and names[3] == bound[2]  # exactly timeout_ns=, by the interned name
+        if ok:
+            arg = F.address(args[0])
+            ok = i64_array_at(arg, 2)[_TYPE] == cur[K.CUR_INT_TYPE]
+            if ok:
+                timeout_ns = F.long_value(arg)
+                if timeout_ns == -1:
+                    F.clear_error()  # too big: found now or not, Python reads it again
+                spin = 1 if timeout_ns > 0 else 0
+    if ok:
+        base = cur[_CUR_BASE]
+        end, off, meta = _take(base, cur[_CUR_SUBSCRIBER], cur[_CUR_POSITION], cur[_CUR_RELEASE],
+                               cur[_CUR_SPIN] if spin else 0, False)
+        if off != 0:
+            data = F.new_bytes(base + off, meta & 0xFFFFFFFF)
+            type_id = F.new_long(meta >> 32) if data != 0 else 0
+            if type_id == 0:  # out of memory (an error is set): the record stays for the next call
+                F.decref(data)
+                cur[_CUR_RELEASE] = -1  # _take published it already
+                return F.as_object(0)
+            _advance(cur, end, off, meta)
+            return F.as_object(F.new_pair(data, type_id))
+        _advance(cur, end, off, meta)  # past padding; the release is published
+    return F.as_object(F.call_fallback(bound[1], args, nargs, kw))
+
+
+_OFFER_DOC = """offer(data, type_id=0)
+--
+
+Append one record at once; returns its position (>= 0), ``BACK_PRESSURED`` or ``NOT_CONNECTED``.
+
+Raises ``RecordTooLargeError`` when ``len(data)`` exceeds the ring's ``max_record_bytes`` (or
+``type_id`` is outside 0..2**31-1), ``ClaimPendingError`` while this writer holds an open
+claim, ``ClosedResourceError`` once it is closed."""
+
+_RECEIVE_DOC = """receive(*, timeout_ns=5000000000)
+--
+
+Wait up to ``timeout_ns`` for one record; returns ``(bytes copy, type_id)``.
+
+The wait strategy's spin phase runs in compiled code, so a record that arrives while spinning
+is taken in the same call. Raises ``TimeoutError`` when nothing arrives in time,
+``ClosedResourceError`` once the reader is closed."""
+
+_TIMEOUT_NAME = sys.intern("timeout_ns")
+
+
+def writer_state(base: int, slot: int) -> np.ndarray:
+    """A new writer entry state (``W_*`` words), open."""
+    st = np.zeros(WRITER_WORDS, dtype=np.int64)
+    st[[W_BASE, W_SLOT, W_OPEN, W_BYTES_TYPE, W_BYTEARRAY_TYPE, W_INT_TYPE]] = [
+        base, slot, 1, id(bytes), id(bytearray), id(int)
+    ]
+    return st
+
+
+def offer_builtin(state: np.ndarray, fallback, wake):
+    """The builtin ``offer`` over a writer's entry state; ``fallback(data, type_id=0)`` and
+    ``wake()`` are the writer's Python offer and doorbell wake."""
+    return F.builtin(ring_offer_call, "offer", _OFFER_DOC, (state.ctypes.data, fallback, wake, state))
+
+
+def receive_builtin(cursor: np.ndarray, fallback):
+    """The builtin ``receive`` over a reader's cursor; ``fallback(*, timeout_ns)`` is the
+    reader's Python receive."""
+    cursor[K.CUR_INT_TYPE] = id(int)
+    return F.builtin(ring_receive_call, "receive", _RECEIVE_DOC, (cursor.ctypes.data, fallback, _TIMEOUT_NAME, cursor))
