@@ -28,7 +28,8 @@ Each non-underscore module of the ``bench`` package may expose ``CASES``: a list
 cases (``bench/bench_ring.py`` and later) do the same with ``is_peer=False``. Nothing
 else is needed: ``python -m bench`` discovers them, and their rows get a "vs best peer"
 ratio. A case is a function ``run(ctx: CaseContext) -> dict`` that returns the fields of
-:func:`throughput_result` or :func:`latency_result`; the harness adds the identity fields.
+:func:`throughput_result`, :func:`latency_result` (round trips) or
+:func:`one_way_latency_result` (samples already one way); the harness adds the identity fields.
 
 JSON line
 ---------
@@ -99,6 +100,7 @@ __all__ = [
     "serve_pingpong",
     "throughput_result",
     "latency_result",
+    "one_way_latency_result",
     "measure_idle_cpu",
     "case_main",
     "endpoint_main",
@@ -117,7 +119,7 @@ KINDS = (THROUGHPUT_RAW, THROUGHPUT_PACKETS, LATENCY_SPIN, LATENCY_BLOCK)
 KIND_TITLES = {
     THROUGHPUT_RAW: "Throughput, raw 64-byte messages",
     THROUGHPUT_PACKETS: "Throughput, msgspec packets (encode on producer + decode on consumer, per message)",
-    LATENCY_SPIN: "Latency one way (RTT/2), spinning/polling receivers",
+    LATENCY_SPIN: "Latency one way (RTT/2; timed one way where a line says \"measured\"), spinning/polling receivers",
     LATENCY_BLOCK: "Latency one way (RTT/2), blocking receivers (wake-up latency)",
 }
 
@@ -801,12 +803,32 @@ def latency_result(rtt_ns: Sequence[int], elapsed_ns: int, **extra: Any) -> dict
     """Fields of a latency line from round-trip samples: one-way = RTT/2, percentiles by rank."""
     import numpy as np
 
-    one_way = np.sort(np.asarray(rtt_ns, dtype=np.int64)) // 2
+    return _latency_fields(np.asarray(rtt_ns, dtype=np.int64) // 2, elapsed_ns, msgs_per_sample=2, extra=extra)
+
+
+def one_way_latency_result(one_way_ns: Sequence[int], elapsed_ns: int, **extra: Any) -> dict:
+    """Fields of a latency line from samples that are already one way (not halved).
+
+    For a case that times one message's whole trip with one clock (its sender and its
+    receiver in one process), where :func:`latency_result` would halve what needs no
+    halving. Same fields and percentiles; ``msgs_per_s`` counts one message per sample
+    (N / elapsed), as ``latency_result`` counts two per round trip.
+    """
+    import numpy as np
+
+    return _latency_fields(np.asarray(one_way_ns, dtype=np.int64), elapsed_ns, msgs_per_sample=1, extra=extra)
+
+
+def _latency_fields(one_way_ns, elapsed_ns: int, *, msgs_per_sample: int, extra: dict) -> dict:
+    """The latency line from one-way samples (a numpy int64 array, any order): nearest-rank percentiles."""
+    import numpy as np
+
+    one_way = np.sort(one_way_ns)
     n = int(one_way.size)
     if n == 0:
         raise ValueError("no latency samples")
     return {
-        "msgs_per_s": 2 * n / (elapsed_ns / 1e9),
+        "msgs_per_s": msgs_per_sample * n / (elapsed_ns / 1e9),
         "p50_ns": _nearest_rank(one_way, 0.50),
         "p90_ns": _nearest_rank(one_way, 0.90),
         "p99_ns": _nearest_rank(one_way, 0.99),

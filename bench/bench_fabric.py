@@ -6,23 +6,33 @@ Layout (the harness's, plus the fabric's own processes)::
 
     case process, core 0          Supervisor(default_topology(<prefix>)).start()   (idle during timing)
                                   fabric.attach(name).publisher("demo").publish(payload)
-    router worker                 the core the fabric's pinning plan gives it (recorded as "router_cpus")
+    router worker                 the core the fabric's pinning plan gives it (recorded as "router_cpus");
+                                  latency_spin pins it to core 1 and has no endpoint process
     endpoint process, core 1      fabric.attach(name).subscribe("demo").receive_batch() / .receive()
+                                  (latency_spin: the subscriber is in the case process, beside the publisher)
 
 Every packet is built by the client's ``Publisher`` (id, HLC stamp, source) around the
 same 32-byte payload as ``make_packet_codec()``'s packet, encoded into the router's
 input ring, routed by topic into the subscriber's inbox ring, and decoded there: one
 encode, one decode, two ring hops and the router in between.
 
-Latency is a ping-pong: the case process publishes on ``demo`` and waits for the echo
-on ``bench-echo`` (declared at run time); the endpoint receives on ``demo`` and publishes
-the echo. Every one-way trip crosses the router once.
+Latency, two ways:
+
+- ``latency_spin`` (the target figure): ONE client, the case process on core 0, holds a
+  ``Publisher`` and a spinning ``Subscriber`` on ``demo``; the router runs alone on core 1.
+  Each sample is ``t0; publish; receive; now - t0``: one packet's trip publisher -> router ->
+  subscriber, timed one way with one clock. Two busy processes on two cores, each owning one.
+- ``latency_pingpong``: the case process publishes on ``demo`` and waits for the echo on
+  ``bench-echo`` (declared at run time); the endpoint receives on ``demo`` and publishes the
+  echo; one-way = RTT/2, every one-way trip crosses the router once. Three busy processes
+  (ping, router, pong) on two cores: it measures core sharing as much as the fabric.
 
 The fabric's segments are named ``cf-<name>-...`` with ``name = ctx.prefix``: the harness's
 prefix sweep does not match them, so the case unlinks them itself after
 ``Supervisor.shutdown()`` (which normally does it).
 
-Run one case by hand: ``python -m bench.bench_fabric --case chronofabric_fabric/latency_spin [--quick]``.
+Run one case by hand: ``python -m bench.bench_fabric --case chronofabric_fabric/latency_spin [--quick]``
+(or ``.../latency_pingpong``, ``.../throughput_packets``).
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from bench._harness import (
     latency_result,
     make_packet_codec,
     measure_idle_cpu,
+    one_way_latency_result,
 )
 from bench.bench_ring import _drive, _serve
 
@@ -232,7 +243,7 @@ def _receiver(sub, deadline_ns: int) -> Callable[[], Any]:
     return block_waiter(recv, deadline_ns)
 
 
-#: How the fabric's workers wait in the latency case, and where the router runs (None: the plan).
+#: How the fabric's workers wait in the ping-pong case, and where the router runs (None: the plan).
 #: Three spinning processes on two cores: whoever shares the router's core gives it the core
 #: between polls (``YieldWait``). The router keeps the topology's default ("adaptive"): it spins
 #: in compiled code while idle (the pong has nothing to do then either) and yields after each
@@ -244,7 +255,7 @@ LATENCY_ROUTER_WAIT: str | None = None
 LATENCY_ROUTER_CORE: int | None = None
 
 
-def fabric_latency(ctx: CaseContext) -> dict:
+def fabric_latency_pingpong(ctx: CaseContext) -> dict:
     """Ping-pong through the router: publish on ``demo``, the echo comes back on ``bench-echo``."""
     _, where = _start_fabric(ctx, wait_strategy=LATENCY_ROUTER_WAIT, router_core=LATENCY_ROUTER_CORE)
     router = where["router_cpus"] or []
@@ -316,6 +327,73 @@ def _pong(ctl: Control, params: dict) -> None:
         client.close()
 
 
+#: How the router waits in the one-process case (None: the topology's default, "adaptive": between
+#: two packets of the loop, a few us apart, it stays in its compiled spin phase; its yield after
+#: each partial batch returns at once on a core of its own).
+LOOPBACK_ROUTER_WAIT: str | None = None
+#: How the subscriber waits: it owns its core (shared only with the idle supervisor).
+LOOPBACK_SUB_WAIT = "spin"
+
+
+def _router_pid(sup) -> int:
+    for wp in sup.workers:
+        if wp.kind == "router" and wp.proc is not None:
+            return wp.proc.pid
+    raise RuntimeError(f"fabric {sup.name!r} has no running router worker")
+
+
+def fabric_latency_loopback(ctx: CaseContext) -> dict:
+    """One packet publisher -> router -> subscriber, both ends in this process, one clock.
+
+    The router runs alone on the consumer core and this process (publisher and spinning
+    subscriber) on the producer core: every busy process owns a core. Each sample times
+    ``publish`` to the matching ``receive``: one way, not half a round trip.
+    """
+    sup, where = _start_fabric(ctx, wait_strategy=LOOPBACK_ROUTER_WAIT, router_core=ctx.consumer_core)
+    if where["router_cpus"] != [ctx.consumer_core]:
+        raise RuntimeError(
+            f"the router runs on cpus {where['router_cpus']}, not alone on core {ctx.consumer_core}: "
+            "this case measures a router with a core of its own"
+        )
+    client = _attach(_fabric_name(ctx))
+    ctx.on_cleanup(client.close)
+    sub = client.subscribe(_TOPIC, wait=_participant_wait(LOOPBACK_SUB_WAIT))  # routed to from now on
+    ctx.on_cleanup(lambda: _close_subscriber(sub))
+    publish = client.publisher(_TOPIC).publish
+    wait = _receiver(sub, ctx.deadline_ns)  # 0.2 s receives, up to the case deadline
+    payload = _payload()
+    n = ctx.n
+    clock = time.perf_counter_ns
+    samples = [0] * n
+    gc.disable()
+    try:
+        for _ in range(ctx.warmup):
+            sent = publish(payload)
+            got = wait().id
+            if got != sent:
+                raise EndpointError(f"warm-up: received packet {got}, just published {sent}")
+        start = clock()
+        for i in range(n):
+            t0 = clock()
+            sent = publish(payload)
+            pkt = wait()
+            samples[i] = clock() - t0
+            if pkt.id != sent:  # outside the timed span
+                raise EndpointError(f"sample {i}: received packet {pkt.id}, just published {sent}")
+        elapsed_ns = clock() - start
+    finally:
+        gc.enable()
+    # The router idles now (nothing is published): what its wait strategy costs a core.
+    idle_cpu_pct = measure_idle_cpu(_router_pid(sup), ctx.idle_window_s)
+    return one_way_latency_result(
+        samples, elapsed_ns, idle_cpu_pct=idle_cpu_pct, idle_cpu_of="router", consumer=LOOPBACK_SUB_WAIT,
+        measured="one-way, one clock (publisher and subscriber in one process)",
+        router_core=ctx.consumer_core, client_core=ctx.producer_core,
+        wait_strategies={"router": where["wait_strategy"], "subscriber": LOOPBACK_SUB_WAIT},
+        api="Publisher.publish / Subscriber.receive", msg_bytes=len(make_packet_codec()[0](0)), **where,
+    )
+
+
 # =========================================================================== registry
 
 _TRANSPORT = "ChronoFabric fabric (client -> router -> subscriber)"
@@ -324,9 +402,14 @@ CASES: list[Case] = [
     Case("chronofabric_fabric/throughput_packets", THROUGHPUT_PACKETS, _TRANSPORT, fabric_throughput,
          n=2_000_000, quick_n=5_000, is_peer=False,
          note="default topology's router; Publisher.publish per message, router routes, Subscriber.receive_batch decodes"),
-    Case("chronofabric_fabric/latency_spin", LATENCY_SPIN, _TRANSPORT, fabric_latency,
+    Case("chronofabric_fabric/latency_spin", LATENCY_SPIN, _TRANSPORT, fabric_latency_loopback,
          n=100_000, quick_n=200, is_peer=False,
-         note="default topology's router and idle strategy; ping-pong through the router, one router hop each way"),
+         note="one client (core 0) publishes and spin-receives its own packet through the router, alone on core 1: "
+              "one way, one clock; idle CPU is the router's"),
+    Case("chronofabric_fabric/latency_pingpong", LATENCY_SPIN, _TRANSPORT, fabric_latency_pingpong,
+         n=100_000, quick_n=200, is_peer=False,
+         note="ping-pong through the router (RTT/2, one router hop each way): three spinning processes (ping, router, "
+              "pong) share two cores, so it includes core sharing; default router placement; idle CPU is the pong's"),
 ]
 
 

@@ -24,6 +24,7 @@ from bench._harness import (
     discover_cases,
     latency_result,
     make_packet_codec,
+    one_way_latency_result,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -131,3 +132,19 @@ def test_latency_percentiles_are_observed_one_way_samples_by_rank():
     )
     assert result["n"] == 1000
     assert result["msgs_per_s"] == pytest.approx(2 * 1000 / 1e-3)
+
+
+def test_one_way_samples_are_not_halved_and_count_one_message_each():
+    one_way_ns = list(range(1000, 0, -1))  # 1..1000 ns, unsorted
+    result = one_way_latency_result(one_way_ns, elapsed_ns=1_000_000, measured="one-way")
+    assert (result["p50_ns"], result["p90_ns"], result["p99_ns"], result["p999_ns"], result["max_ns"]) == (
+        500,
+        900,
+        990,
+        999,
+        1000,
+    )
+    assert result["min_ns"] == 1
+    assert result["n"] == 1000
+    assert result["msgs_per_s"] == pytest.approx(1000 / 1e-3)
+    assert result["measured"] == "one-way"
