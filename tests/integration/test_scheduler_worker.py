@@ -159,7 +159,11 @@ def test_overload_sheds_the_lowest_priority_first_and_loses_nothing_silently(fab
     sub = c.subscribe("t.late")
     pub = c.publisher("t.late")
     deadline = now_ns() + 60 * SECOND
-    n = 300
+    # 2n = 400 > capacity 256: the first batch after the pause overfills the queue, so shedding
+    # must happen. n = 200 <= the low watermark (256 - 32 - 16 = 208): whatever the scheduler
+    # manages to forward in between, a shed down to 208 always finds enough low-priority packets,
+    # so a high one is never shed. (With n = 300 > 208 that held only when forwarding kept up.)
+    n = 200
     with _paused(sched):
         for i in range(n):  # interleaved: every batch the scheduler takes holds both priorities
             pub.publish(("low", i), deadline_ns=deadline, priority=1)
