@@ -1,16 +1,20 @@
-"""``RingWriter.offer`` and ``RingReader.receive`` as builtins (``fabric._fastcall``).
+"""``RingWriter.offer``, ``RingReader.receive`` and ``PacketWriter.offer`` as builtins
+(``fabric._fastcall``).
 
-The per-message calls of the ring, made with no Python frame and no numba entry on their
-common path: a writer's ``offer(bytes_or_bytearray[, type_id])`` that commits, and a
-reader's ``receive([timeout_ns=...])`` that finds a record (spinning first, as the wait
-strategy says). Everything else — other buffer types, keywords the kernel does not read,
+The per-message calls of a ring, made with no Python frame and no numba entry on their
+common path: a writer's ``offer(bytes_or_bytearray[, type_id])`` that commits, a reader's
+``receive([timeout_ns=...])`` that finds a record (spinning first, as the wait strategy
+says), and a packet writer's ``offer(packet)`` that encodes (msgspec's ``encode_into``,
+called from the kernel) and commits. Everything else — other buffer types, keywords the kernel does not read,
 a closed handle, a refusal that must raise, waiting past the spin — goes to the handle's
 Python implementation, called with the same arguments.
 
 Bound state (the builtin's ``self``)::
 
-    offer     (writer state address, python offer, python wake, state array)
-    receive   (reader cursor address, python receive, "timeout_ns", cursor array)
+    offer          (writer state address, python offer, python wake, state array)
+    receive        (reader cursor address, python receive, "timeout_ns", cursor array)
+    packet offer   (writer state address, python offer, encode_into, scratch bytearray,
+                    python result(code, packet), state array)
 
 The arrays ride along in the tuple so they live as long as the builtin does.
 """
@@ -23,11 +27,12 @@ import numpy as np
 from numba import cfunc
 
 from fabric import _fastcall as F
+from fabric import _packet_kernels as PK
 from fabric import _ring_kernels as K
-from fabric._atomics import i64_array_at
+from fabric._atomics import i64_array_at, u8_array_at
 from fabric._pyobject import BYTEARRAY_KIND, BYTES_KIND, object_span
 
-__all__ = ["AVAILABLE", "writer_state", "offer_builtin", "receive_builtin", "W_OPEN"]
+__all__ = ["AVAILABLE", "writer_state", "offer_builtin", "receive_builtin", "packet_offer_builtin", "W_OPEN"]
 
 AVAILABLE = F.LAYOUT_OK
 
@@ -55,6 +60,7 @@ _CUR_SPIN = K.CUR_SPIN
 _take = K._take
 _advance = K._advance
 _offer_copy = K._offer_copy
+_offer_packet = PK._offer_packet
 
 
 @cfunc(F.FASTCALL_SIGNATURE, cache=True)
@@ -125,6 +131,29 @@ def ring_receive_call(self, args, nargs, kwnames):  # pragma: no cover - compile
     return F.as_object(F.call_fallback(bound[1], args, nargs, kw))
 
 
+@cfunc(F.FASTCALL_SIGNATURE, cache=True)
+def packet_offer_call(self, args, nargs, kwnames):  # pragma: no cover - compiled; tested through PacketWriter.offer
+    bound = i64_array_at(F.address(self) + _ITEMS, 5)
+    st = i64_array_at(F.long_value(bound[0]), WRITER_WORDS)
+    if st[W_OPEN] != 0 and F.address(kwnames) == 0 and nargs == 1:
+        packet = F.address(args[0])
+        done = F.call2(bound[2], packet, bound[3])  # encode_into(packet, scratch)
+        if done != 0:
+            F.decref(done)
+            src, n = object_span(bound[3], BYTEARRAY_KIND)
+            r = _offer_packet(st[W_BASE], st[W_SLOT], u8_array_at(src, n), n)
+            if r >= 0 and r < _WAKE:
+                return F.as_object(F.new_long(r))
+            code = F.new_long(r)  # a wake is due, a refusal, or an error the Python side raises
+            if code == 0:
+                return F.as_object(0)
+            out = F.call2(bound[4], code, packet)
+            F.decref(code)
+            return F.as_object(out)
+        F.clear_error()  # not encodable: the Python offer encodes again and raises CodecError
+    return F.as_object(F.call_fallback(bound[1], args, nargs, F.address(kwnames)))
+
+
 _OFFER_DOC = """offer(data, type_id=0)
 --
 
@@ -159,6 +188,22 @@ def offer_builtin(state: np.ndarray, fallback, wake):
     """The builtin ``offer`` over a writer's entry state; ``fallback(data, type_id=0)`` and
     ``wake()`` are the writer's Python offer and doorbell wake."""
     return F.builtin(ring_offer_call, "offer", _OFFER_DOC, (state.ctypes.data, fallback, wake, state))
+
+
+_PACKET_OFFER_DOC = """offer(packet)
+--
+
+Publish a PhasePacket at once; returns its position, ``BACK_PRESSURED`` or ``NOT_CONNECTED``.
+
+Raises ``CodecError`` when the packet cannot be encoded or a field is out of range (nothing is
+written), ``RecordTooLargeError`` when the encoded packet exceeds the ring's record limit."""
+
+
+def packet_offer_builtin(state: np.ndarray, fallback, encode_into, scratch: bytearray, result):
+    """The builtin ``PacketWriter.offer`` over its writer's entry state. ``fallback(packet)``
+    is the Python offer, ``encode_into(packet, scratch)`` msgspec's, ``result(code, packet)``
+    what a refusal, wake or error code means."""
+    return F.builtin(packet_offer_call, "offer", _PACKET_OFFER_DOC, (state.ctypes.data, fallback, encode_into, scratch, result, state))
 
 
 def receive_builtin(cursor: np.ndarray, fallback):

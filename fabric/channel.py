@@ -19,6 +19,7 @@ import msgspec
 
 from fabric import _packet_kernels as _pk
 from fabric import _pyobject
+from fabric import _ring_builtins
 from fabric import _ring_kernels as K
 from fabric.errors import ClosedResourceError, CodecError, RecordTooLargeError
 from fabric.packet import PacketCodec, PhasePacket, _parse_error
@@ -63,7 +64,8 @@ class PacketWriter:
         (~40 ns less a call than the method, measured A/B), the scratch buffer passed to the
         kernel by address (~70 ns less than a buffer argument). Errors, refusals and wakes take
         ``_offer_result``; a closed writer or an open claim takes the checked method, which
-        raises. Where the object layout is unknown, ``offer`` is the checked method."""
+        raises. Where the object layout is unknown, ``offer`` is the checked method. Where
+        CPython's layout is known, this closure is the fallback of a builtin doing the same."""
         if self._object_entry is None:
             return self._offer_checked
         gate = self.writer._gate
@@ -90,6 +92,10 @@ class PacketWriter:
             return PacketWriter.offer(self, packet)
 
         offer.__doc__ = PacketWriter.offer.__doc__
+        if _ring_builtins.AVAILABLE:
+            # The same, with no Python frame: encode and offer from one compiled function,
+            # this closure taking every case the kernel does not (fabric._ring_builtins).
+            return _ring_builtins.packet_offer_builtin(self.writer._entry_state, offer, encode_into, buf, result)
         return offer
 
     def offer(self, packet: PhasePacket) -> int:

@@ -187,3 +187,65 @@ def test_no_path_leaks_a_reference(ring):
             with pytest.raises(TimeoutError):
                 reader.receive(timeout_ns=0)
     assert [sys.getrefcount(x) for x in (data, view, big, writer.offer, reader.receive)] == before
+
+
+# --- PacketWriter.offer -----------------------------------------------------------------------
+
+
+def _packets():
+    from fabric.packet import PhasePacket
+
+    yield "plain", (PhasePacket(id=1, topic="t", payload=b"x" * 32),), {}
+    yield "deps and fields", (PhasePacket(id=2, topic="t", priority=7, deadline_ns=5, targets=3, deps=(1, 2)),), {}
+    yield "out of range", (PhasePacket(topic="t", priority=999),), {}
+    yield "unencodable", (PhasePacket(topic="t", payload={"k": object()}),), {}
+    yield "too large", (PhasePacket(topic="t", payload=bytes(MAX)),), {}
+    yield "not a packet", ({"topic": "t"},), {}
+    yield "keyword", (), {"packet": PhasePacket(id=3, topic="t")}
+    yield "two arguments", (PhasePacket(id=4, topic="t"), 1), {}
+
+
+@pytest.mark.parametrize("name, args, kwargs", list(_packets()), ids=[p[0] for p in _packets()])
+def test_the_builtin_packet_offer_gives_what_the_python_offer_gives(prefix, monkeypatch, name, args, kwargs):
+    from fabric.channel import PacketReader, PacketWriter
+
+    outcomes = []
+    for use_builtin in (True, False):
+        with Ring.create(f"{prefix}-pk", RingConfig(capacity_bytes=CAP)) as ring:
+            try:
+                reader = PacketReader(ring.reader())
+                with monkeypatch.context() as m:
+                    m.setattr(_ring_builtins, "AVAILABLE", use_builtin)
+                    writer = PacketWriter(ring.writer())
+                assert (type(writer.offer).__name__ == "builtin_function_or_method") == use_builtin
+                got = outcome(lambda: writer.offer(*args, **kwargs))
+                outcomes.append((got, ring.statistics().tail, outcome(lambda: reader.receive(timeout_ns=0))))
+            finally:
+                ring.destroy()
+    if outcomes[0][0][0] == "raised":  # same exception type; messages may name the same reason differently
+        assert outcomes[0][0][1] is outcomes[1][0][1] and outcomes[0][1:] == outcomes[1][1:]
+    else:
+        assert outcomes[0] == outcomes[1]
+
+
+def test_the_packet_offer_refuses_when_closed_or_claimed_and_leaks_nothing(ring):
+    from fabric.channel import PacketReader, PacketWriter
+    from fabric.packet import PhasePacket
+
+    writer = PacketWriter(ring.writer())
+    reader = PacketReader(ring.reader())
+    pkt, bad = PhasePacket(id=9, topic="t", payload=b"p" * 16), PhasePacket(topic="t", priority=999)
+    before = [sys.getrefcount(x) for x in (pkt, bad, writer.offer)]
+    for _ in range(2_000):
+        assert writer.offer(pkt) >= 0
+        with pytest.raises(ValueError):
+            writer.offer(bad)
+        assert reader.receive(timeout_ns=1_000_000).id == 9
+    assert [sys.getrefcount(x) for x in (pkt, bad, writer.offer)] == before
+    claim = writer.writer.try_claim(8)
+    with pytest.raises(ClaimPendingError):
+        writer.offer(pkt)
+    claim.abort()
+    writer.close()
+    with pytest.raises(ClosedResourceError):
+        writer.offer(pkt)
