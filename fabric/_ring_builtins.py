@@ -29,7 +29,7 @@ from numba import cfunc
 from fabric import _fastcall as F
 from fabric import _packet_kernels as PK
 from fabric import _ring_kernels as K
-from fabric._atomics import i64_array_at, u8_array_at
+from fabric._atomics import i64_array_at
 from fabric._pyobject import BYTEARRAY_KIND, BYTES_KIND, object_span
 
 __all__ = ["AVAILABLE", "writer_state", "offer_builtin", "receive_builtin", "packet_offer_builtin", "W_OPEN"]
@@ -59,8 +59,8 @@ _CUR_RELEASE = K.CUR_RELEASE
 _CUR_SPIN = K.CUR_SPIN
 _take = K._take
 _advance = K._advance
-_offer_copy = K._offer_copy
-_offer_packet = PK._offer_packet
+_ring_offer = K.ring_offer  # called, not inlined: each inlined copy is compiled again
+_offer_packet_object = PK.ring_offer_packet_object
 
 
 @cfunc(F.FASTCALL_SIGNATURE, cache=True)
@@ -83,7 +83,7 @@ def ring_offer_call(self, args, nargs, kwnames):  # pragma: no cover - compiled;
                     kind = -1
         if kind >= 0:
             src, n = object_span(data, kind)
-            r = _offer_copy(st[W_BASE], st[W_SLOT], src, n, type_id)
+            r = _ring_offer(st[W_BASE], st[W_SLOT], src, n, type_id)
             if r >= _WAKE:
                 woke = F.call_noargs(bound[2])  # committed; a parked reader needs its futex wake
                 if woke == 0:
@@ -140,8 +140,8 @@ def packet_offer_call(self, args, nargs, kwnames):  # pragma: no cover - compile
         done = F.call2(bound[2], packet, bound[3])  # encode_into(packet, scratch)
         if done != 0:
             F.decref(done)
-            src, n = object_span(bound[3], BYTEARRAY_KIND)
-            r = _offer_packet(st[W_BASE], st[W_SLOT], u8_array_at(src, n), n)
+            # A call, not inlined: the packet parser takes ~20 s to compile, once is enough.
+            r = _offer_packet_object(st[W_BASE], st[W_SLOT], bound[3], BYTEARRAY_KIND)
             if r >= 0 and r < _WAKE:
                 return F.as_object(F.new_long(r))
             code = F.new_long(r)  # a wake is due, a refusal, or an error the Python side raises
