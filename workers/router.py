@@ -7,13 +7,19 @@ Its input slot is durable: a restarted router adopts it and resumes from its las
 released position, and its fan-out resume point (in its control-block row) keeps
 a half-delivered packet from being delivered twice to the same inbox.
 
-A step is one compiled call with two integer arguments (the call block's address and
-the input position) and one read of what the call did (``stats[R_EVENTS]``): the route
-table is rebuilt only when the kernel reports the subscriptions or topics changed, and
-a stalled input (a dead producer's claim) is looked at once a millisecond while idle.
-``step`` returns how many records it consumed and ``full_batch`` says how many a call
-takes, so the worker loop can give the core away after a partial batch (see
+A step is one compiled call with three integer arguments (the call block's address, the
+input position, a spin budget) and one read of what the call did (``stats[R_EVENTS]``):
+the route table is rebuilt only when the kernel reports the subscriptions or topics
+changed, and a stalled input (a dead producer's claim) is looked at once a millisecond
+while idle. ``step`` returns how many records it consumed and ``full_batch`` says how many
+a call takes, so the worker loop can give the core away after a partial batch (see
 ``workers.loop``).
+
+The router's parker spins in the routing kernel itself: the wait strategy's spin phase
+re-checks the input in compiled code and routes a record in the same call it commits in,
+so no return to Python sits between a publish and its delivery (the loopback bench's p50
+went from 4.08-4.11 to 3.85-3.94 us with it). What it routed while spinning is counted by
+the next ``step``, so the loop resets its wait strategy as after any work.
 """
 
 from __future__ import annotations
@@ -104,6 +110,8 @@ class RouterWorker(Worker):
         self._version_addr = control.segment.address + FABRIC_OFFSET + FABRIC_DTYPE.fields["subscriptions_version"][1]
         self._topics_version_addr = control.segment.address + FABRIC_OFFSET + FABRIC_DTYPE.fields["topics_version"][1]
         self._kernel = _entry_point(route_batch)
+        self._spun_routed = 0  # records the parker routed while spinning, counted by the next step
+        self._spin_parker = _SpinRouteParker(self)
         self._block = None  # the kernel's call block: addresses of the table's arrays (kept alive with it)
         self._block_addr = 0
         self._next_stall_check_ns = 0
@@ -149,23 +157,17 @@ class RouterWorker(Worker):
         logger.debug("router: route table rebuilt ({} topics, {} routes) subs_v={}", len(self.table), len(self.table.route_inbox), subs_v)
 
     def step(self, now_ns: int) -> int:
-        """Route what is waiting (up to ``batch`` records); returns how many records it consumed."""
-        reader = self.reader
-        start = reader.position
-        pos = self._kernel(self._block_addr, start)
-        ev = int(self.stats[R_EVENTS])
-        if ev & EV_STALE:
-            # Subscriptions or topics changed under this batch: rebuild, route the rest with the new table.
-            self._advance(pos)
-            self._refresh_routes()
-            pos = self._kernel(self._block_addr, reader.position)
-            ev2 = int(self.stats[R_EVENTS])
-            ev = (((ev >> EV_SHIFT) + (ev2 >> EV_SHIFT)) << EV_SHIFT) | (ev2 & 0xFF) | (ev & EV_WAKE)
-        self._advance(pos)
-        if ev & EV_WAKE:
-            self._wake(int(self.stats[R_WAKE_MASK]))
-        if reader.position == start:
-            return self._idle(now_ns, ev)
+        """Route what is waiting (up to ``batch`` records); returns how many records it consumed
+        (with those the parker routed while spinning since the last step)."""
+        n = self._spun_routed
+        if n:
+            # The parker just routed while spinning: count that now and look for more on the
+            # next step (the loop comes back at once), not in a second call here.
+            self._spun_routed = 0
+        else:
+            n, ev = self._route(0)
+            if n == 0:
+                return self._idle(now_ns, ev)
         self._backoff.reset()
         if now_ns >= self._next_publish_ns:
             self._publish_counters()
@@ -173,8 +175,29 @@ class RouterWorker(Worker):
             if self.stats[R_MAX_HLC]:
                 self.ctx.hlc.merge(int(self.stats[R_MAX_HLC]))  # this hop's clock follows what it routed
                 self.stats[R_MAX_HLC] = 0
+        return n
+
+    def _route(self, spin_checks: int) -> tuple[int, int]:
+        """One kernel call (spinning up to ``spin_checks`` re-checks when nothing is there);
+        returns (records consumed, or 1 when only padding was skipped; the call's events)."""
+        reader = self.reader
+        start = reader.position
+        pos = self._kernel(self._block_addr, start, spin_checks)
+        ev = int(self.stats[R_EVENTS])
+        if ev & EV_STALE:
+            # Subscriptions or topics changed under this batch: rebuild, route the rest with the new table.
+            self._advance(pos)
+            self._refresh_routes()
+            pos = self._kernel(self._block_addr, reader.position, 0)
+            ev2 = int(self.stats[R_EVENTS])
+            ev = (((ev >> EV_SHIFT) + (ev2 >> EV_SHIFT)) << EV_SHIFT) | (ev2 & 0xFF) | (ev & EV_WAKE)
+        self._advance(pos)
+        if ev & EV_WAKE:
+            self._wake(int(self.stats[R_WAKE_MASK]))
+        if pos == start:
+            return 0, ev
         n = ev >> EV_SHIFT
-        return n if n > 0 else 1  # only padding skipped: still progress
+        return (n if n > 0 else 1), ev  # only padding skipped: still progress
 
     def _advance(self, pos: int) -> None:
         if pos < 0:
@@ -220,7 +243,7 @@ class RouterWorker(Worker):
     def parker(self) -> Parker | None:
         # Blocked by a full inbox, the input still has data: parking on it would return at once.
         # Back off instead (50 us doubling to 1 ms) until the subscriber makes room.
-        return self._backoff if self.stats[R_BLOCKED] else self.reader._parker
+        return self._backoff if self.stats[R_BLOCKED] else self._spin_parker
 
     def drain(self, now_ns: int) -> int:
         n = self.step(now_ns)
@@ -241,3 +264,21 @@ class RouterWorker(Worker):
 
 
 _ = K
+
+
+class _SpinRouteParker:
+    """The router's parker: ``spin`` runs the wait strategy's spin phase inside the routing
+    kernel (a record is routed in the call it commits in), ``park`` sleeps on the input ring's
+    doorbell."""
+
+    __slots__ = ("_router", "park")
+
+    def __init__(self, router: RouterWorker) -> None:
+        self._router = router
+        self.park = router.reader._parker.park
+
+    def spin(self, checks: int) -> bool:
+        """Spin up to ``checks`` re-checks, routing whatever arrives; True when something was."""
+        n, _ = self._router._route(checks)
+        self._router._spun_routed += n
+        return n > 0
