@@ -21,6 +21,7 @@ The arrays ride along in the tuple so they live as long as the builtin does.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -34,7 +35,9 @@ from fabric._pyobject import BYTEARRAY_KIND, BYTES_KIND, object_span
 
 __all__ = ["AVAILABLE", "writer_state", "offer_builtin", "receive_builtin", "packet_offer_builtin", "W_OPEN"]
 
-AVAILABLE = F.LAYOUT_OK
+#: False where CPython's object layout is not the probed one, or when the environment sets
+#: ``CHRONOFABRIC_NO_BUILTINS=1`` (the Python closures are then the API: same results, slower).
+AVAILABLE = F.LAYOUT_OK and os.environ.get("CHRONOFABRIC_NO_BUILTINS", "") in ("", "0")
 
 # A writer's entry state: int64 words in the writer's memory.
 W_BASE = 0  # the ring segment's base address

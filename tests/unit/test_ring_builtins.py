@@ -7,6 +7,8 @@ exceptions — for every argument, and leak no reference on any path.
 from __future__ import annotations
 
 import inspect
+import os
+import subprocess
 import sys
 import threading
 
@@ -249,3 +251,11 @@ def test_the_packet_offer_refuses_when_closed_or_claimed_and_leaks_nothing(ring)
     writer.close()
     with pytest.raises(ClosedResourceError):
         writer.offer(pkt)
+
+
+def test_the_environment_can_turn_the_builtins_off():
+    code = "from fabric import _ring_builtins as B; print(B.AVAILABLE)"
+    for value, expected in (("1", "False"), ("0", "True"), ("", "True")):
+        env = {**os.environ, "CHRONOFABRIC_NO_BUILTINS": value}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == expected, out.stderr
