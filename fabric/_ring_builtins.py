@@ -5,9 +5,9 @@ The per-message calls of a ring, made with no Python frame and no numba entry on
 common path: a writer's ``offer(bytes_or_bytearray[, type_id])`` that commits, a reader's
 ``receive([timeout_ns=...])`` that finds a record (spinning first, as the wait strategy
 says), and a packet writer's ``offer(packet)`` that encodes (msgspec's ``encode_into``,
-called from the kernel) and commits. Everything else — other buffer types, keywords the kernel does not read,
-a closed handle, a refusal that must raise, waiting past the spin — goes to the handle's
-Python implementation, called with the same arguments.
+called from the kernel) and commits. Everything else — other buffer types, keywords the
+kernel does not read, a closed handle, a refusal that must raise, waiting past the spin —
+goes to the handle's Python implementation, called with the same arguments.
 
 Bound state (the builtin's ``self``)::
 
@@ -68,6 +68,7 @@ _offer_packet_object = PK.ring_offer_packet_object
 
 @cfunc(F.FASTCALL_SIGNATURE, cache=True)
 def ring_offer_call(self, args, nargs, kwnames):  # pragma: no cover - compiled; tested through RingWriter.offer
+    """``offer(data[, type_id])``: bytes or bytearray with an exact int type id, committed here."""
     bound = i64_array_at(F.address(self) + _ITEMS, 3)
     st = i64_array_at(F.long_value(bound[0]), WRITER_WORDS)
     if st[W_OPEN] != 0 and F.address(kwnames) == 0 and (nargs == 1 or nargs == 2):
@@ -101,6 +102,7 @@ def ring_offer_call(self, args, nargs, kwnames):  # pragma: no cover - compiled;
 
 @cfunc(F.FASTCALL_SIGNATURE, cache=True)
 def ring_receive_call(self, args, nargs, kwnames):  # pragma: no cover - compiled; tested through RingReader.receive
+    """``receive([timeout_ns=int])``: a record there now (or within the spin), copied here."""
     bound = i64_array_at(F.address(self) + _ITEMS, 3)
     cur = i64_array_at(F.long_value(bound[0]), _CURSOR_WORDS)
     kw = F.address(kwnames)
@@ -136,6 +138,7 @@ def ring_receive_call(self, args, nargs, kwnames):  # pragma: no cover - compile
 
 @cfunc(F.FASTCALL_SIGNATURE, cache=True)
 def packet_offer_call(self, args, nargs, kwnames):  # pragma: no cover - compiled; tested through PacketWriter.offer
+    """``offer(packet)``: encoded by msgspec into the scratch buffer, parsed and committed here."""
     bound = i64_array_at(F.address(self) + _ITEMS, 5)
     st = i64_array_at(F.long_value(bound[0]), WRITER_WORDS)
     if st[W_OPEN] != 0 and F.address(kwnames) == 0 and nargs == 1:
