@@ -560,6 +560,18 @@ def _packet_body(slot, rec_off, type_id, payload):
 
 
 @jit(inline="always")
+def _past_lap_gap(p, cap):
+    """A read position moved over the gap at the end of a lap that is too small for a record
+    header (producers leave it unwritten): ``(position, its offset in the data area, bytes
+    from there to the end of the lap)``."""
+    off = p & (cap - 1)
+    rem = cap - off
+    if rem < HDR:
+        return p + rem, 0, cap
+    return p, off, rem
+
+
+@jit(inline="always")
 def _poll(base, subscriber, start_pos, release_pos, desc_addr, max_records, packets):
     """The poll loop of ``ring_poll`` (``packets=False``) and ``ring_poll_packets`` (``True``)."""
     cfg = i64_array_at(base + _CFG, 16)
@@ -580,11 +592,7 @@ def _poll(base, subscriber, start_pos, release_pos, desc_addr, max_records, pack
     n = 0
     nbytes = 0
     while n < max_records:
-        off = p & mask
-        rem = cap - off
-        if rem < HDR:
-            p += rem
-            continue
+        p, off, rem = _past_lap_gap(p, cap)
         slot = data + off
         if load_acquire_at(slot) != p ^ salt:  # SYNC POINT: pairs with the producer's commit store
             break
@@ -649,7 +657,6 @@ def _take(base, subscriber, pos, release_pos, spin_checks, packets):
     """The body of ``ring_take`` (``packets=False``) and ``ring_take_packet`` (``True``)."""
     cfg = i64_array_at(base + _CFG, 16)
     cap = cfg[CFG_CAPACITY]
-    mask = cap - 1
     data_off = cfg[CFG_DATA_OFFSET]
     data = base + data_off
     salt = cfg[CFG_SALT]
@@ -662,11 +669,7 @@ def _take(base, subscriber, pos, release_pos, spin_checks, packets):
     while True:
         if load_acquire_at(entry + S_STATE * 8) == STATE_DROPPED:
             return (SUBSCRIBER_DROPPED, 0, 0)
-        off = p & mask
-        rem = cap - off
-        if rem < HDR:
-            p += rem
-            continue
+        p, off, rem = _past_lap_gap(p, cap)
         slot = data + off
         w = load_acquire_at(slot)  # SYNC POINT: pairs with the producer's commit store
         if w == p ^ salt:

@@ -39,6 +39,7 @@ from fabric._ring_kernels import (
     RING_CORRUPT,
     SUBSCRIBER_DROPPED,
     _claim,
+    _past_lap_gap,
     _commit_and_check_waiters,
 )
 from shm_layouts.arena import (
@@ -355,7 +356,6 @@ def route_batch(block_addr, start_pos, spin_checks):
     stats[R_EVENTS] = 0
     cfg = i64_array_at(in_base + CONFIG_OFFSET, 16)
     cap = cfg[CFG_CAPACITY]
-    mask = cap - 1
     data = in_base + cfg[CFG_DATA_OFFSET]
     entry = in_base + cfg[CFG_SUBSCRIBERS_OFFSET] + in_slot * SUBSCRIBER_ENTRY_BYTES
     if load_acquire_at(entry + S_STATE * 8) == STATE_DROPPED:
@@ -368,11 +368,7 @@ def route_batch(block_addr, start_pos, spin_checks):
     stats[R_BLOCKED] = 0
     stats[R_STALE] = 0
     while n < max_records:
-        off = p & mask
-        rem = cap - off
-        if rem < HDR:
-            p += rem
-            continue
+        p, off, rem = _past_lap_gap(p, cap)
         slot = data + off
         if load_acquire_at(slot) != p ^ salt:  # SYNC POINT: pairs with the producer's commit store
             if n == 0 and spins < spin_checks:
