@@ -219,14 +219,24 @@ def _min_gate_position(base, max_subs, subs_off, max_prods):
         cpos = load_acquire_at(base + PRODUCERS_OFFSET + q * PRODUCER_ENTRY_BYTES + P_CLAIM_POS * 8)
         if 0 <= cpos < lowest:
             # A claim record is stale (its producer lost the tail race, or was preempted before
-            # clearing it) when the slot's word shows that position committed, or any later lap
-            # there: only "in progress at exactly this position" (or an older lap) still gates.
+            # clearing it) when its record's slot shows that position committed, or any later
+            # lap there: only "in progress at exactly this position" (or an older lap) still
+            # gates. A claim that begins at the end of a lap begins with its own padding
+            # (committed at once, or too short to hold a header): its record is the one at the
+            # start of the next lap.
             off = cpos & (cap - 1)
-            if cap - off >= HDR:
-                w = load_acquire_at(data + off)
-                at = (w ^ salt) if w >= 0 else ((~w) ^ salt)
-                if (w >= 0 and at >= cpos) or (w < 0 and at > cpos):
-                    continue
+            rem = cap - off
+            pos = cpos
+            if rem < HDR:
+                pos = cpos + rem
+            elif load_acquire_at(data + off) == cpos ^ salt:
+                meta = load_acquire_at(data + off + 8)
+                if meta >> 32 == PADDING_TYPE and meta & 0xFFFFFFFF == rem:
+                    pos = cpos + rem
+            w = load_acquire_at(data + (pos & (cap - 1)))
+            at = (w ^ salt) if w >= 0 else ((~w) ^ salt)
+            if (w >= 0 and at >= pos) or (w < 0 and at > pos):
+                continue
             lowest = cpos
     return lowest
 

@@ -401,6 +401,40 @@ class TestOpenClaimLapped:
         assert [r for r in got if r != (b"claimed!", 1)] == sent
 
 
+    @pytest.mark.parametrize("finish", ["commit", "abort"])
+    @pytest.mark.parametrize("api", ["offer", "offer_batch"])
+    def test_a_claim_that_begins_with_its_own_wrap_padding_still_gates(self, ring, finish, api):
+        """A claim whose first bytes are end-of-lap padding commits that padding at once; its
+        record, at the start of the next lap, is still in progress. Producers must stop before
+        lapping it (once, the gate took the committed padding for a finished claim and let a
+        record be written where the claim's late commit or abort then landed)."""
+        early = ring.reader()
+        claimer, writer = ring.writer(), ring.writer()
+        advance_to(writer, early, CAP - 64)
+        claim = claimer.try_claim(100, 1)
+        assert claim is not None and claim.position == CAP  # 64 bytes of padding first
+        claim.buffer[:] = payload(999, 100)
+        late = ring.reader()  # joins after the claim; the only subscriber behind it leaves
+        early.close()
+        sent, got = [], []
+        for seq in range(2 * CAP // rec(100)):
+            data = payload(seq, 100)
+            if api == "offer":
+                r = writer.offer(data, 2)
+            else:
+                r = writer.offer_batch(np.frombuffer(data, dtype=np.uint8), np.array([0]), np.array([100]), 2)
+            if r < 0:
+                break
+            sent.append((data, 2))
+            got += drain(late)
+        tail = ring.statistics().tail
+        assert tail <= (CAP - 64) + CAP, "a record was written over the open claim's bytes"
+        getattr(claim, finish)()
+        got += drain(late)
+        assert [r for r in got if r != (payload(999, 100), 1)] == sent
+        assert writer.offer(b"after", 3) >= 0 and drain(late) == [(b"after", 3)]
+
+
 class TestClaimsThatGateProducers:
     """Open claims hold producers back; a claim that is no longer open must stop doing so."""
 
