@@ -719,16 +719,16 @@ class RingWriter:
         self._entries = K.buffer_entry_points()
         self._claim: Claim | None = None
         self._closed = False
-        # True while the writer may offer without checks: no open claim, not closed. A list cell,
-        # so the fast paths built over this writer (``offer``, PacketWriter's) see it change;
-        # the builtin ``offer`` reads the same flag from the writer's entry state.
-        self._gate = [True]
+        # The writer's entry state (fabric._ring_builtins): its W_OPEN word is 1 while offers may
+        # skip the checks (no open claim, not closed). The builtin offers read it there; the
+        # Python fast paths (``offer``'s closure, PacketWriter's) through ``_gate``, a one-word
+        # view of the same cell, so there is one flag to keep right.
         self._entry_state = _B.writer_state(self._base, slot)
+        self._gate = memoryview(self._entry_state)[_B.W_OPEN : _B.W_OPEN + 1]
 
     def _set_open(self, is_open: bool) -> None:
         """Let offers skip the checks (True) or send them through ``_offer_slow`` (False)."""
-        self._gate[0] = is_open
-        self._entry_state[_B.W_OPEN] = int(is_open)
+        self._gate[0] = int(is_open)
 
     def _offer_result(self, r: int, length: int, type_id: int) -> int:
         """What an offer kernel's result means: wake parked readers, or raise on bad input."""
