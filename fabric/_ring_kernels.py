@@ -728,6 +728,17 @@ def _advance(cur, end, off, meta):
     return (off, meta)
 
 
+@jit(inline="always")
+def _take_with_cursor(cursor, spin, packets):
+    """The body of ``ring_take`` (``packets=False``) and ``ring_take_packet`` (``True``)."""
+    cur = i64_array_at(cursor, CURSOR_WORDS)
+    if cur[CUR_BASE] == 0:
+        return (0, READER_CLOSED)
+    spins = cur[CUR_SPIN] if spin else 0
+    end, off, meta = _take(cur[CUR_BASE], cur[CUR_SUBSCRIBER], cur[CUR_POSITION], cur[CUR_RELEASE], spins, packets)
+    return _advance(cur, end, off, meta)
+
+
 @jit("UniTuple(int64, 2)(int64, int64)")
 def ring_take(cursor, spin):
     """Release the cursor's pending position (if any), then take the record at its position.
@@ -745,12 +756,7 @@ def ring_take(cursor, spin):
     - ``meta < 0``: ``SUBSCRIBER_DROPPED``, ``RING_CORRUPT`` (the corrupt record's position
       in ``CUR_AT``) or ``READER_CLOSED`` (``payload_offset`` 0).
     """
-    cur = i64_array_at(cursor, CURSOR_WORDS)
-    if cur[CUR_BASE] == 0:
-        return (0, READER_CLOSED)
-    spins = cur[CUR_SPIN] if spin else 0
-    end, off, meta = _take(cur[CUR_BASE], cur[CUR_SUBSCRIBER], cur[CUR_POSITION], cur[CUR_RELEASE], spins, False)
-    return _advance(cur, end, off, meta)
+    return _take_with_cursor(cursor, spin, False)
 
 
 @jit("UniTuple(int64, 2)(int64, int64)")
@@ -760,12 +766,7 @@ def ring_take_packet(cursor, spin):
     A packet comes back as ``(body_start, body_end)``; a malformed record as
     ``(-(record_offset) - 1, (type << 32) | length)`` for the dead-letter path (consumed too).
     """
-    cur = i64_array_at(cursor, CURSOR_WORDS)
-    if cur[CUR_BASE] == 0:
-        return (0, READER_CLOSED)
-    spins = cur[CUR_SPIN] if spin else 0
-    end, off, meta = _take(cur[CUR_BASE], cur[CUR_SUBSCRIBER], cur[CUR_POSITION], cur[CUR_RELEASE], spins, True)
-    return _advance(cur, end, off, meta)
+    return _take_with_cursor(cursor, spin, True)
 
 
 @jit(inline="always")
